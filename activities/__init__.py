@@ -1,0 +1,1 @@
+"""Activities: every step that touches a host or a record."""

@@ -1,0 +1,248 @@
+"""How the worker talks to a host: one verified, kept-alive SSH connection per host
+and activity, commands whose outcome is never guessed, and a log of what ran.
+
+Credentials never travel through workflow inputs: a service names its credential
+(``ssh_credential``) and the worker finds the private key under its own key
+directory. Host keys are checked against a known_hosts file; an unknown or changed
+host key is an error, never accepted silently.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shlex
+import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import asyncssh
+from temporalio.exceptions import ApplicationError
+
+from arbup.errors import NON_RETRYABLE, ErrorKind
+from arbup.models import ArbitrationService, check_name
+
+LOG_LINE_LIMIT = 400
+
+
+def step_error(kind: str, message: str, log: list[str]) -> ApplicationError:
+    """An activity failure carrying the subtask's log as details."""
+    return ApplicationError(
+        message, list(log), type=kind, non_retryable=kind in NON_RETRYABLE
+    )
+
+
+@dataclass(frozen=True)
+class SshSettings:
+    known_hosts: Path
+    key_dir: Path
+    connect_timeout: float = 10.0
+    keepalive_interval: float = 5.0
+    keepalive_count_max: int = 3
+
+    @classmethod
+    def from_env(cls) -> SshSettings:
+        state = Path(os.environ.get("ARBUP_STATE_DIR", ".arbup"))
+        return cls(
+            known_hosts=Path(
+                os.environ.get("ARBUP_KNOWN_HOSTS", state / "ssh" / "known_hosts")
+            ),
+            key_dir=Path(os.environ.get("ARBUP_SSH_KEY_DIR", state / "ssh" / "keys")),
+            connect_timeout=float(os.environ.get("ARBUP_SSH_CONNECT_TIMEOUT", "10")),
+            keepalive_interval=float(os.environ.get("ARBUP_SSH_KEEPALIVE", "5")),
+        )
+
+    def key_for(self, credential: str) -> Path:
+        path = self.key_dir / check_name(credential)
+        if not path.is_file():
+            raise FileNotFoundError(path)
+        return path
+
+
+@dataclass
+class CommandResult:
+    command: str
+    exit_status: int
+    stdout: str
+    stderr: str
+
+    @property
+    def ok(self) -> bool:
+        return self.exit_status == 0
+
+
+def _clip(text: str) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= LOG_LINE_LIMIT else text[: LOG_LINE_LIMIT - 3] + "..."
+
+
+class HostSession:
+    """An open SSH connection to one service's host, with the activity's log."""
+
+    def __init__(
+        self, conn: asyncssh.SSHClientConnection, service: ArbitrationService, log: list[str]
+    ):
+        self._conn = conn
+        self.service = service
+        self.log = log
+
+    @property
+    def label(self) -> str:
+        return f"{self.service.host}:{self.service.ssh_port}"
+
+    def note(self, message: str) -> None:
+        self.log.append(_clip(message))
+
+    async def run(
+        self, command: str, *, timeout: float = 60, check: bool = True
+    ) -> CommandResult:
+        """Run ``command`` (built with shlex.quote from validated values only).
+
+        A command that ends without an exit status (the connection dropped or the
+        process was killed by a signal) is an error, never read as success.
+        """
+        started = time.monotonic()
+        try:
+            done = await self._conn.run(command, check=False, timeout=timeout)
+        except asyncssh.TimeoutError as exc:
+            self.note(f"$ {command} -> timed out after {timeout:.0f}s")
+            raise step_error(
+                ErrorKind.COMMAND_FAILED,
+                f"{self.label}: command timed out after {timeout:.0f}s: {command}",
+                self.log,
+            ) from exc
+        except (asyncssh.Error, OSError) as exc:
+            self.note(f"$ {command} -> connection lost: {exc}")
+            raise step_error(
+                ErrorKind.HOST_UNREACHABLE,
+                f"{self.label}: connection lost while running {command!r}: {exc}",
+                self.log,
+            ) from exc
+
+        elapsed = time.monotonic() - started
+        stdout = str(done.stdout or "")
+        stderr = str(done.stderr or "")
+        if done.exit_status is None:
+            signal = done.exit_signal[0] if done.exit_signal else "unknown"
+            self.note(f"$ {command} -> no exit status (signal {signal})")
+            raise step_error(
+                ErrorKind.NO_EXIT_STATUS,
+                f"{self.label}: {command!r} ended without an exit status "
+                f"(signal {signal}); its outcome is unknown",
+                self.log,
+            )
+
+        result = CommandResult(command, done.exit_status, stdout, stderr)
+        summary = f"$ {command} -> exit {result.exit_status} in {elapsed:.2f}s"
+        output = (stdout.strip() + " " + stderr.strip()).strip()
+        self.note(f"{summary}: {output}" if output else summary)
+        if check and not result.ok:
+            raise step_error(
+                ErrorKind.COMMAND_FAILED,
+                f"{self.label}: {command!r} failed with exit {result.exit_status}: "
+                f"{_clip(stderr or stdout)}",
+                self.log,
+            )
+        return result
+
+    async def upload(
+        self,
+        local_path: Path,
+        remote_path: str,
+        progress: Callable[[int, int], None] | None = None,
+    ) -> None:
+        def on_progress(_src: bytes, _dst: bytes, copied: int, total: int) -> None:
+            if progress:
+                progress(copied, total)
+
+        started = time.monotonic()
+        try:
+            async with self._conn.start_sftp_client() as sftp:
+                await sftp.put(
+                    str(local_path),
+                    remote_path,
+                    block_size=256 * 1024,
+                    max_requests=64,
+                    progress_handler=on_progress,
+                )
+        except (asyncssh.Error, OSError) as exc:
+            self.note(f"sftp put {local_path.name} -> {remote_path} failed: {exc}")
+            raise step_error(
+                ErrorKind.HOST_UNREACHABLE,
+                f"{self.label}: upload of {local_path.name} failed: {exc}",
+                self.log,
+            ) from exc
+        size = local_path.stat().st_size
+        elapsed = time.monotonic() - started
+        self.note(
+            f"sftp put {local_path.name} -> {remote_path}: {size} bytes in {elapsed:.2f}s"
+        )
+
+
+@asynccontextmanager
+async def open_session(
+    service: ArbitrationService, settings: SshSettings, log: list[str]
+) -> AsyncIterator[HostSession]:
+    """Connect to ``service``'s host; the connection serves every command of the
+    activity and is closed when it ends."""
+    label = f"{service.host}:{service.ssh_port}"
+    try:
+        key = settings.key_for(service.ssh_credential)
+    except FileNotFoundError:
+        log.append(f"no private key for credential {service.ssh_credential!r}")
+        raise step_error(
+            ErrorKind.CREDENTIAL_MISSING,
+            f"{label}: the worker has no key for credential "
+            f"{service.ssh_credential!r} in {settings.key_dir}",
+            log,
+        ) from None
+
+    try:
+        conn = await asyncssh.connect(
+            service.host,
+            port=service.ssh_port,
+            username=service.ssh_user,
+            client_keys=[str(key)],
+            known_hosts=str(settings.known_hosts),
+            connect_timeout=settings.connect_timeout,
+            login_timeout=settings.connect_timeout,
+            keepalive_interval=settings.keepalive_interval,
+            keepalive_count_max=settings.keepalive_count_max,
+            agent_path=None,
+            config=[],
+        )
+    except asyncssh.HostKeyNotVerifiable as exc:
+        log.append(f"connect {label} as {service.ssh_user}: host key not verified")
+        raise step_error(
+            ErrorKind.HOST_KEY_NOT_VERIFIED,
+            f"{label}: host key not verified against {settings.known_hosts}: {exc}",
+            log,
+        ) from exc
+    except asyncssh.PermissionDenied as exc:
+        log.append(f"connect {label} as {service.ssh_user}: permission denied")
+        raise step_error(
+            ErrorKind.PERMISSION_DENIED,
+            f"{label}: permission denied for user {service.ssh_user}",
+            log,
+        ) from exc
+    except (asyncssh.Error, OSError, asyncio.TimeoutError) as exc:
+        log.append(f"connect {label} as {service.ssh_user}: {exc or type(exc).__name__}")
+        raise step_error(
+            ErrorKind.HOST_UNREACHABLE,
+            f"{label}: cannot connect over SSH: {exc or type(exc).__name__}",
+            log,
+        ) from exc
+
+    log.append(f"connected to {label} as {service.ssh_user}")
+    try:
+        yield HostSession(conn, service, log)
+    finally:
+        conn.close()
+        await conn.wait_closed()
+
+
+def q(value: object) -> str:
+    """Shell-quote a value for a remote command."""
+    return shlex.quote(str(value))

@@ -1,0 +1,112 @@
+"""Inputs and results of the upgrade workflow and its activities.
+
+One model per workflow and activity, so fields can be added later without breaking
+running workflows. Nothing secret goes in here: services name their SSH credential,
+the worker holds the key.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from pydantic import BaseModel
+
+from arbup.models import ArbitrationService, Package, ServiceStatus, SubtaskState, TaskStatus
+
+TASK_QUEUE = "arbup-upgrades"
+WORKFLOW_NAME = "UpgradeArbitrationGroup"
+DEFAULT_STAGING_DIR = "/tmp/arbup-staging"
+
+
+def workflow_id_for(group_id: int, task_id: int | str) -> str:
+    return f"arbup-group-{group_id}-task-{task_id}"
+
+
+class UpgradeOptions(BaseModel):
+    """Knobs of one upgrade, fixed when it starts."""
+
+    staging_dir: str = DEFAULT_STAGING_DIR
+    # A started observer must still be healthy this long after it first was.
+    settle_seconds: float = 2.0
+    # Between the graceful stop signal and the forced kill.
+    stop_grace_seconds: float = 30.0
+    # Attempts of one activity before its subtask fails.
+    max_attempts: int = 3
+    # How long an activity may go without a heartbeat before another worker takes it.
+    heartbeat_timeout_seconds: float = 10.0
+    # The task queue of the workers that can reach the hosts.
+    host_task_queue: str | None = None
+
+
+class UpgradeInput(BaseModel):
+    task_id: int
+    group_id: int
+    group_name: str
+    target_full_version: str
+    target_os: str
+    services: list[ArbitrationService]
+    # The package for each CPU architecture found in the group.
+    packages: dict[str, Package]
+    # Subtask ids, indexed by seriesId.
+    subtask_ids: list[int]
+    creator: str
+    executor: str
+    start_time: datetime
+    options: UpgradeOptions = UpgradeOptions()
+
+
+class HostStepInput(BaseModel):
+    task_id: int
+    subtask_id: int
+    service: ArbitrationService
+    package: Package
+    options: UpgradeOptions
+
+
+class PrepareResult(BaseModel):
+    log: list[str]
+    message: str
+    installed_full_version: str | None
+    running_full_version: str | None
+    needs_upgrade: bool
+    staged_path: str | None
+
+
+class StepResult(BaseModel):
+    log: list[str]
+    message: str
+
+
+class GroupStepInput(BaseModel):
+    task_id: int
+    subtask_id: int
+    group_id: int
+    full_version: str | None = None
+
+
+class ServiceVersionInput(BaseModel):
+    task_id: int
+    subtask_id: int
+    service_id: int
+    full_version: str
+
+
+class ServiceStatusInput(BaseModel):
+    task_id: int
+    subtask_id: int
+    service_id: int
+    status: ServiceStatus
+
+
+class SaveSubtasksInput(BaseModel):
+    task_id: int
+    subtasks: list[SubtaskState]
+
+
+class FinishTaskInput(BaseModel):
+    task_id: int
+    group_id: int
+    status: TaskStatus
+    end_time: datetime | None
+    message: str | None
+    release_group: bool

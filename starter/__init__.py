@@ -1,0 +1,1 @@
+"""The arbup CLI and the code that starts and reads upgrades."""

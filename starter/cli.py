@@ -1,0 +1,314 @@
+"""``arbup``: start, watch and inspect upgrades of arbitration service groups.
+
+Exit codes: 0 success, 1 the task failed, 2 the request was refused or invalid,
+3 Temporal or the records store could not be reached.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+from datetime import UTC, datetime
+from pathlib import Path
+
+from arbup.inputs import TASK_QUEUE, UpgradeOptions
+from arbup.models import TaskState, TaskStatus
+from arbup.records import RecordsStore
+from arbup.temporal import connect
+from starter import progress
+from starter.service import UpgradeRefused, cancel_task, read_task, start_upgrade
+
+EXIT_FAILED = 1
+EXIT_REFUSED = 2
+EXIT_UNREACHABLE = 3
+
+
+def _store() -> RecordsStore:
+    store = RecordsStore.from_env()
+    store.create_schema()
+    return store
+
+
+def _print_json(data: object) -> None:
+    print(json.dumps(data, indent=2, ensure_ascii=False, default=str))
+
+
+def web_ui_link(workflow_id: str) -> str:
+    import os
+
+    base = os.environ.get("ARBUP_WEB_UI", "http://127.0.0.1:8233")
+    namespace = os.environ.get("TEMPORAL_NAMESPACE", "default")
+    return f"{base}/namespaces/{namespace}/workflows/{workflow_id}"
+
+
+async def cmd_upgrade(args: argparse.Namespace) -> int:
+    store = _store()
+    client = await connect()
+    options = UpgradeOptions()
+    if args.staging_dir:
+        options = options.model_copy(update={"staging_dir": args.staging_dir})
+    started = await start_upgrade(
+        client,
+        store,
+        args.group,
+        args.full_version,
+        args.os,
+        options=options,
+        task_queue=args.task_queue,
+        search_attributes=not args.no_search_attributes,
+    )
+    if args.json:
+        _print_json({"taskId": started.task.id, "workflowId": started.workflow_id})
+    else:
+        print(f"task {started.task.id} started: upgrade group {args.group} to {args.full_version} ({args.os})")
+        print(f"workflow id: {started.workflow_id}")
+        print(f"Web UI:      {web_ui_link(started.workflow_id)}")
+    if args.watch:
+        return await _watch(client, store, started.task.id)
+    return 0
+
+
+async def cmd_task_show(args: argparse.Namespace) -> int:
+    store = _store()
+    client = await connect()
+    task = await read_task(client, store, args.task_id)
+    if task is None:
+        print(f"task {args.task_id} does not exist", file=sys.stderr)
+        return EXIT_REFUSED
+    if args.json:
+        _print_json(task.to_ocp())
+    else:
+        services = _services_of(store, task)
+        print("\n".join(progress.table(task, services, datetime.now(UTC))))
+    return _exit_for(task)
+
+
+async def cmd_task_watch(args: argparse.Namespace) -> int:
+    store = _store()
+    client = await connect()
+    return await _watch(client, store, args.task_id)
+
+
+async def cmd_task_log(args: argparse.Namespace) -> int:
+    store = _store()
+    client = await connect()
+    task = await read_task(client, store, args.task_id)
+    subtask = next((s for s in task.subtasks if s.id == args.subtask_id), None) if task else None
+    if subtask is None:
+        print(f"task {args.task_id} has no subtask {args.subtask_id}", file=sys.stderr)
+        return EXIT_REFUSED
+    print(f"{subtask.name} [{subtask.status.value}] run {subtask.run_time}")
+    print("\n".join(subtask.log) or "(nothing logged yet)")
+    return 0
+
+
+async def cmd_task_list(args: argparse.Namespace) -> int:
+    store = _store()
+    tasks, total = store.list_tasks(group_id=args.group, page=args.page, size=args.size)
+    if args.json:
+        _print_json({"total": total, "tasks": [t.to_ocp() for t in tasks]})
+        return 0
+    print(f"{'id':>6}  {'group':>5}  {'status':<10}  {'target':<28}  started")
+    for t in tasks:
+        print(
+            f"{t.id:>6}  {t.group_id:>5}  {t.status.value:<10}  "
+            f"{t.target_full_version:<28}  {t.start_time:%Y-%m-%d %H:%M:%S}"
+        )
+    print(f"{total} tasks")
+    return 0
+
+
+async def cmd_task_cancel(args: argparse.Namespace) -> int:
+    store = _store()
+    client = await connect()
+    task = await cancel_task(client, store, args.task_id)
+    print(f"cancellation of task {task.id} requested ({task.workflow_id})")
+    return 0
+
+
+async def _watch(client, store: RecordsStore, task_id: int) -> int:
+    task = store.get_task(task_id)
+    if task is None:
+        print(f"task {task_id} does not exist", file=sys.stderr)
+        return EXIT_REFUSED
+    services = _services_of(store, task)
+    tty = sys.stdout.isatty()
+    previous: TaskState | None = None
+    drawn = 0
+    while True:
+        task = await read_task(client, store, task_id)
+        now = datetime.now(UTC)
+        if tty:
+            lines = progress.table(task, services, now)
+            if drawn:
+                sys.stdout.write(f"\x1b[{drawn}F\x1b[J")
+            sys.stdout.write("\n".join(lines) + "\n")
+            sys.stdout.flush()
+            drawn = len(lines)
+        else:
+            for line in progress.changes(previous, task, services):
+                print(f"[{progress.elapsed(task, now):6.1f}s]{line}", flush=True)
+        previous = task
+        if task.status == TaskStatus.SUCCESSFUL or task.waiting_for or (
+            task.status == TaskStatus.FAILED and task.end_time and not _running(task)
+        ):
+            break
+        await asyncio.sleep(0.5)
+
+    if not tty:
+        print("\n".join(progress.table(task, services, datetime.now(UTC))))
+    print(f"task {task.id} {task.status.value}: {task.message or ''}".rstrip(": "))
+    return _exit_for(task)
+
+
+def _running(task: TaskState) -> bool:
+    return any(s.status == "RUNNING" for s in task.subtasks)
+
+
+def _exit_for(task: TaskState) -> int:
+    if task.status == TaskStatus.SUCCESSFUL:
+        return 0
+    return EXIT_FAILED if task.status == TaskStatus.FAILED else 0
+
+
+def _services_of(store: RecordsStore, task: TaskState):
+    group = store.get_group(task.group_id)
+    return {s.id: s for s in group.services} if group else {}
+
+
+async def cmd_load(args: argparse.Namespace) -> int:
+    from arbup.inventory import load_inventory_file
+
+    inventory = load_inventory_file(Path(args.file))
+    counts = _store().load_inventory(inventory)
+    print(", ".join(f"{n} {kind}" for kind, n in counts.items()) + " loaded")
+    return 0
+
+
+async def cmd_group_show(args: argparse.Namespace) -> int:
+    group = _store().get_group(args.group)
+    if group is None:
+        print(f"arbitration service group {args.group} does not exist", file=sys.stderr)
+        return EXIT_REFUSED
+    if args.json:
+        _print_json(group.model_dump(mode="json"))
+        return 0
+    print(f"group {group.id} {group.name}: {group.version} {group.status.value}"
+          + (f" (task {group.active_task_id} running)" if group.active_task_id else ""))
+    for s in group.services:
+        print(f"  service {s.id}  {s.address:<21} ssh {s.ssh_user}@{s.host}:{s.ssh_port}  "
+              f"{s.version}  {s.status.value}  {s.operating_system}/{s.arch}  {s.install_path}")
+    return 0
+
+
+async def cmd_packages(args: argparse.Namespace) -> int:
+    for p in _store().list_packages(args.version):
+        print(f"{p.file_name}  {p.size} bytes  sha256 {p.sha256}  {p.path}")
+    return 0
+
+
+async def cmd_search_attributes(args: argparse.Namespace) -> int:
+    from temporalio.api.enums.v1 import IndexedValueType
+    from temporalio.api.operatorservice.v1 import AddSearchAttributesRequest
+
+    from arbup.temporal import SEARCH_ATTRIBUTE_TYPES
+
+    client = await connect()
+    kinds = {
+        "Int": IndexedValueType.INDEXED_VALUE_TYPE_INT,
+        "Keyword": IndexedValueType.INDEXED_VALUE_TYPE_KEYWORD,
+    }
+    request = AddSearchAttributesRequest(
+        namespace=client.namespace,
+        search_attributes={
+            key.name: kinds[kind] for key, kind in SEARCH_ATTRIBUTE_TYPES.items()
+        },
+    )
+    await client.operator_service.add_search_attributes(request)
+    print("registered: " + ", ".join(k.name for k in SEARCH_ATTRIBUTE_TYPES))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="arbup", description=__doc__.split("\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("upgrade", help="upgrade an arbitration service group")
+    p.add_argument("group", type=int, help="group id")
+    p.add_argument("--full-version", required=True, help="e.g. 4.3.4.0-200000022024070119")
+    p.add_argument("--os", required=True, help="package OS tag, e.g. el7")
+    p.add_argument("--watch", action="store_true", help="follow the task to its end")
+    p.add_argument("--json", action="store_true")
+    p.add_argument("--task-queue", default=TASK_QUEUE)
+    p.add_argument("--staging-dir", help="where packages are staged on the hosts")
+    p.add_argument("--no-search-attributes", action="store_true",
+                   help="for a namespace without arbup's search attributes registered")
+    p.set_defaults(run=cmd_upgrade)
+
+    task = sub.add_parser("task", help="inspect and steer upgrade tasks").add_subparsers(
+        dest="task_command", required=True
+    )
+    p = task.add_parser("show", help="the task and its subtasks")
+    p.add_argument("task_id", type=int)
+    p.add_argument("--json", action="store_true", help="OCP's Task JSON")
+    p.set_defaults(run=cmd_task_show)
+    p = task.add_parser("watch", help="follow a task live until it ends")
+    p.add_argument("task_id", type=int)
+    p.set_defaults(run=cmd_task_watch)
+    p = task.add_parser("log", help="what one subtask did on its host")
+    p.add_argument("task_id", type=int)
+    p.add_argument("subtask_id", type=int)
+    p.set_defaults(run=cmd_task_log)
+    p = task.add_parser("list", help="tasks, newest first")
+    p.add_argument("--group", type=int)
+    p.add_argument("--page", type=int, default=1)
+    p.add_argument("--size", type=int, default=20)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(run=cmd_task_list)
+    p = task.add_parser("cancel", help="cancel a task's workflow")
+    p.add_argument("task_id", type=int)
+    p.set_defaults(run=cmd_task_cancel)
+
+    p = sub.add_parser("load", help="load groups, services and packages from a TOML file")
+    p.add_argument("file")
+    p.set_defaults(run=cmd_load)
+
+    p = sub.add_parser("group", help="show a group with its services")
+    p.add_argument("group", type=int)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(run=cmd_group_show)
+
+    p = sub.add_parser("packages", help="list known packages")
+    p.add_argument("--version", help="only this full version")
+    p.set_defaults(run=cmd_packages)
+
+    p = sub.add_parser("search-attributes", help="register arbup's search attributes")
+    p.set_defaults(run=cmd_search_attributes)
+
+    from arbup import localstack
+
+    localstack.add_parser(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    try:
+        if getattr(args, "local", False):
+            code = args.run(args)
+        else:
+            code = asyncio.run(args.run(args))
+    except UpgradeRefused as refused:
+        print(f"refused: {refused.message}", file=sys.stderr)
+        code = EXIT_REFUSED
+    except (ValueError, LookupError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        code = EXIT_REFUSED
+    except (ConnectionError, RuntimeError) as exc:
+        print(f"error: cannot reach Temporal or the records store: {exc}", file=sys.stderr)
+        code = EXIT_UNREACHABLE
+    except KeyboardInterrupt:
+        code = 130
+    sys.exit(code)

@@ -1,0 +1,264 @@
+"""Starting and reading upgrades: the one place the CLI and the HTTP API share.
+
+A request is validated completely before anything is written: the group exists
+and is running, the target is newer than its version, a package exists for the
+target's OS and every service's architecture. Only then is the task recorded
+(taking the group's upgrade lock in the same transaction) and its workflow
+started. A request that fails validation stops nothing, writes nothing and starts
+nothing.
+"""
+
+from __future__ import annotations
+
+import getpass
+import os
+import socket
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+from temporalio.client import Client, WorkflowExecutionStatus
+from temporalio.common import SearchAttributePair, TypedSearchAttributes
+from temporalio.service import RPCError
+
+from arbup.graph import build_subtasks
+from arbup.inputs import TASK_QUEUE, WORKFLOW_NAME, UpgradeInput, UpgradeOptions, workflow_id_for
+from arbup.models import ArbitrationGroup, GroupStatus, Package, TaskState, TaskStatus
+from arbup.records import GroupBusy, RecordsStore
+from arbup.temporal import GROUP_ID, TARGET_VERSION, TASK_ID, TASK_STATUS
+from arbup.versions import FullVersion, VersionError, check_os_tag
+
+QUERY_TIMEOUT = timedelta(seconds=5)
+
+
+class UpgradeRefused(Exception):
+    """A request that cannot be carried out; nothing was changed.
+
+    ``code`` is OCP's error code where one exists, ``status`` the HTTP status.
+    """
+
+    def __init__(self, message: str, *, code: str, status: int = 400):
+        super().__init__(message)
+        self.message = message
+        self.code = code
+        self.status = status
+
+
+@dataclass
+class StartedUpgrade:
+    task: TaskState
+    workflow_id: str
+    run_id: str | None
+
+
+def default_creator() -> str:
+    return os.environ.get("ARBUP_USER") or getpass.getuser()
+
+
+def default_executor() -> str:
+    return socket.gethostname()
+
+
+def validate_request(
+    store: RecordsStore, group_id: int, full_version: str, operating_system: str
+) -> tuple[ArbitrationGroup, dict[str, Package]]:
+    """Everything that can be checked before anything is written."""
+    try:
+        target = FullVersion.parse(full_version)
+        check_os_tag(operating_system)
+    except VersionError as exc:
+        raise UpgradeRefused(str(exc), code="ILLEGAL_ARGUMENT") from exc
+
+    group = store.get_group(group_id)
+    if group is None:
+        raise UpgradeRefused(
+            f"arbitration service group {group_id} does not exist",
+            code="ARBITRATION_GROUP_NOT_FOUND",
+            status=404,
+        )
+    if not group.services:
+        raise UpgradeRefused(
+            f"group {group_id} has no arbitration services to upgrade",
+            code="ARBITRATION_GROUP_EMPTY",
+        )
+    if group.status == GroupStatus.UNAVAILABLE:
+        raise UpgradeRefused(
+            f"group {group_id} is {group.status}; only a running group can be upgraded",
+            code="ARBITRATION_GROUP_NOT_RUNNING",
+        )
+    current = FullVersion.parse(group.version)
+    if target <= current:
+        raise UpgradeRefused(
+            f"target {full_version} is not newer than group {group_id}'s version "
+            f"{group.version}",
+            code="TARGET_VERSION_NOT_NEWER",
+        )
+
+    packages: dict[str, Package] = {}
+    for arch in sorted({s.arch for s in group.services}):
+        package = store.find_package(full_version, operating_system, arch)
+        if package is None:
+            hosts = ", ".join(s.host for s in group.services if s.arch == arch)
+            raise UpgradeRefused(
+                f"no package oceanbase-{full_version}.{operating_system}.{arch}.rpm "
+                f"is known (needed for {hosts}); load it with `arbup load`",
+                code="PACKAGE_NOT_FOUND",
+            )
+        packages[arch] = package
+    return group, packages
+
+
+async def start_upgrade(
+    client: Client,
+    store: RecordsStore,
+    group_id: int,
+    full_version: str,
+    operating_system: str,
+    *,
+    creator: str | None = None,
+    executor: str | None = None,
+    options: UpgradeOptions | None = None,
+    task_queue: str = TASK_QUEUE,
+    search_attributes: bool = True,
+) -> StartedUpgrade:
+    group, packages = validate_request(store, group_id, full_version, operating_system)
+    creator = creator or default_creator()
+    executor = executor or default_executor()
+    now = datetime.now(UTC)
+
+    draft = TaskState(
+        id=0,
+        group_id=group.id,
+        target_full_version=full_version,
+        target_os=operating_system,
+        workflow_id=workflow_id_for(group.id, "{task_id}"),
+        creator=creator,
+        executor=executor,
+        start_time=now,
+        subtasks=build_subtasks(0, [s.id for s in group.services]),
+    )
+    task = await _create_task(client, store, draft)
+
+    # Provisional ids were the seriesIds, so the stored subtasks map back by seriesId.
+    by_series = sorted(task.subtasks, key=lambda s: s.series_id)
+    inp = UpgradeInput(
+        task_id=task.id,
+        group_id=group.id,
+        group_name=group.name,
+        target_full_version=full_version,
+        target_os=operating_system,
+        services=group.services,
+        packages=packages,
+        subtask_ids=[s.id for s in by_series],
+        creator=creator,
+        executor=executor,
+        start_time=now,
+        options=options or UpgradeOptions(),
+    )
+    attributes = (
+        TypedSearchAttributes(
+            [
+                SearchAttributePair(GROUP_ID, group.id),
+                SearchAttributePair(TASK_ID, task.id),
+                SearchAttributePair(TARGET_VERSION, full_version),
+                SearchAttributePair(TASK_STATUS, TaskStatus.RUNNING.value),
+            ]
+        )
+        if search_attributes
+        else None
+    )
+    try:
+        handle = await client.start_workflow(
+            WORKFLOW_NAME,
+            inp,
+            id=task.workflow_id,
+            task_queue=task_queue,
+            search_attributes=attributes,
+            static_summary=(
+                f"Upgrade arbitration group {group.id} to {full_version} "
+                f"({operating_system}), {len(group.services)} services"
+            ),
+            static_details=_details(group, packages),
+        )
+    except Exception as exc:
+        store.set_task_status(
+            task.id, TaskStatus.FAILED, end_time=datetime.now(UTC),
+            message=f"the workflow could not be started: {exc}",
+        )
+        store.release_group(group.id, task.id)
+        raise
+    return StartedUpgrade(task, handle.id, handle.result_run_id)
+
+
+async def _create_task(client: Client, store: RecordsStore, draft: TaskState) -> TaskState:
+    """Record the task, taking the group's lock; a lock left by a workflow that is no
+    longer running (terminated from outside) is released first."""
+    try:
+        return store.create_task(draft)
+    except GroupBusy as busy:
+        running = store.get_task(busy.task_id)
+        if running and not await _workflow_open(client, running.workflow_id):
+            store.set_task_status(
+                running.id, TaskStatus.FAILED, end_time=datetime.now(UTC),
+                message="its workflow ended outside arbup",
+            )
+            store.release_group(draft.group_id, running.id)
+            return store.create_task(draft)
+        raise UpgradeRefused(
+            f"group {draft.group_id} is already being upgraded by task "
+            f"{busy.task_id}; wait for it, or cancel it with `arbup task cancel "
+            f"{busy.task_id}`",
+            code="ARBITRATION_GROUP_UPGRADE_IN_PROGRESS",
+            status=409,
+        ) from busy
+
+
+async def _workflow_open(client: Client, workflow_id: str) -> bool:
+    try:
+        description = await client.get_workflow_handle(workflow_id).describe()
+    except RPCError:
+        return False
+    return description.status == WorkflowExecutionStatus.RUNNING
+
+
+def _details(group: ArbitrationGroup, packages: dict[str, Package]) -> str:
+    lines = [
+        f"Group **{group.name}** (id {group.id}), now on {group.version}.",
+        "",
+        "| service | host | svrIp:svrPort | install path | arch |",
+        "|---|---|---|---|---|",
+    ]
+    for s in group.services:
+        lines.append(
+            f"| {s.id} | {s.host}:{s.ssh_port} | {s.address} | {s.install_path} | {s.arch} |"
+        )
+    lines.append("")
+    for arch, package in packages.items():
+        lines.append(f"Package for {arch}: `{package.file_name}` (sha256 {package.sha256[:12]}…)")
+    return "\n".join(lines)
+
+
+async def read_task(client: Client, store: RecordsStore, task_id: int) -> TaskState | None:
+    """The task's live state from its workflow, or the stored state when the workflow
+    cannot answer (no worker, history gone)."""
+    stored = store.get_task(task_id)
+    if stored is None:
+        return None
+    try:
+        handle = client.get_workflow_handle(stored.workflow_id)
+        return await handle.query("task", result_type=TaskState, rpc_timeout=QUERY_TIMEOUT)
+    except Exception:
+        return stored
+
+
+async def cancel_task(client: Client, store: RecordsStore, task_id: int) -> TaskState:
+    stored = store.get_task(task_id)
+    if stored is None:
+        raise UpgradeRefused(f"task {task_id} does not exist", code="TASK_NOT_FOUND", status=404)
+    if not await _workflow_open(client, stored.workflow_id):
+        raise UpgradeRefused(
+            f"task {task_id} is {stored.status} and its workflow is not running",
+            code="TASK_STATE_INVALID",
+        )
+    await client.get_workflow_handle(stored.workflow_id).cancel()
+    return stored
+

@@ -1,0 +1,182 @@
+"""Shared fixtures: a real Temporal dev server, real local hosts (sshd in mount
+namespaces, real rpm), a real records database, and an in-process worker."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import os
+import sys
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import pytest_asyncio
+from temporalio.client import Client
+from temporalio.contrib.pydantic import pydantic_data_converter
+from temporalio.testing import WorkflowEnvironment
+
+from activities.ssh import SshSettings
+from arbup.inputs import UpgradeOptions
+from arbup.models import ArbitrationGroup, ArbitrationService, Package
+from arbup.records import RecordsStore
+from arbup.temporal import SEARCH_ATTRIBUTE_TYPES
+
+OLD = "4.2.1.8-108000022024072217"
+TARGET = "4.3.4.0-200000022024070119"
+OS_TAG = "el7"
+CREDENTIAL = "local"
+# Test hosts live on 127.0.2.x, apart from the demo stack's 127.0.1.x.
+FIRST_IP = "127.0.2.1"
+SSH_PORT = 2222
+SVR_PORT = 2882
+PG_URL = os.environ.get(
+    "ARBUP_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+)
+
+
+def temporal_cli() -> str:
+    return str(Path(sys.executable).parent / "temporal")
+
+
+@pytest.fixture(scope="session")
+def state_dir(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("arbup-state")
+
+
+@pytest.fixture(scope="session")
+def packages(state_dir) -> dict[str, Path]:
+    from arbup.localhosts import build_package
+
+    out = state_dir / "packages"
+    return {
+        OLD: build_package(out, OLD, OS_TAG),
+        TARGET: build_package(out, TARGET, OS_TAG),
+    }
+
+
+@pytest_asyncio.fixture(scope="session")
+async def temporal_env():
+    env = await WorkflowEnvironment.start_local(
+        dev_server_existing_path=temporal_cli(),
+        data_converter=pydantic_data_converter,
+        search_attributes=list(SEARCH_ATTRIBUTE_TYPES),
+        dev_server_log_level="error",
+    )
+    yield env
+    await env.shutdown()
+
+
+@pytest.fixture(scope="session")
+def client(temporal_env) -> Client:
+    return temporal_env.client
+
+
+@dataclass
+class Stack:
+    """Everything one integration test needs, fresh for that test."""
+
+    hosts: list
+    store: RecordsStore
+    ssh: SshSettings
+    task_queue: str
+    packages: dict[str, Path]
+    options: UpgradeOptions
+
+    def group(self) -> ArbitrationGroup:
+        return self.store.get_group(1)
+
+    def service(self, index: int) -> ArbitrationService:
+        return self.group().services[index]
+
+
+def inventory_for(hosts, packages: dict[str, Path], *, ssh_ports=None):
+    from arbup.inventory import Inventory
+
+    arch = os.uname().machine
+    services = [
+        ArbitrationService(
+            id=index + 1,
+            group_id=1,
+            host=host.ip,
+            ssh_port=(ssh_ports or {}).get(index, host.ssh_port),
+            ssh_user="root",
+            ssh_credential=CREDENTIAL,
+            svr_ip=host.ip,
+            svr_port=SVR_PORT,
+            install_path="/home/admin/oceanbase",
+            run_user="admin",
+            operating_system=OS_TAG,
+            arch=arch,
+            version=OLD,
+            priority=index,
+        )
+        for index, host in enumerate(hosts)
+    ]
+    group = ArbitrationGroup(id=1, name="arb-group-1", version=OLD, services=services)
+    rpms = [package_record(path) for path in packages.values()]
+    return Inventory(groups=[group], packages=rpms)
+
+
+def package_record(path: Path) -> Package:
+    import hashlib
+
+    from arbup.versions import parse_package_file_name
+
+    name, full_version, os_tag, arch = parse_package_file_name(path.name)
+    return Package(
+        name=name,
+        file_name=path.name,
+        path=str(path),
+        size=path.stat().st_size,
+        sha256=hashlib.sha256(path.read_bytes()).hexdigest(),
+        full_version=full_version,
+        operating_system=os_tag,
+        arch=arch,
+    )
+
+
+@pytest.fixture
+def hosts(state_dir, packages):
+    """Two fresh hosts running the old version, with no knobs set."""
+    from arbup.localhosts import create_hosts, stop_hosts
+
+    created = create_hosts(
+        state_dir, 2, first_ip=FIRST_IP, ssh_port=SSH_PORT, os_tag=OS_TAG,
+        credential=CREDENTIAL,
+    )
+    try:
+        for host in created:
+            host.install_and_start(packages[OLD], svr_port=SVR_PORT)
+        yield created
+    finally:
+        stop_hosts(state_dir)
+
+
+@pytest.fixture
+def store(tmp_path) -> RecordsStore:
+    store = RecordsStore(f"sqlite:///{tmp_path}/arbup.db")
+    store.create_schema()
+    yield store
+    store.dispose()
+
+
+@pytest_asyncio.fixture
+async def stack(client, hosts, store, state_dir, packages):
+    """Hosts, records loaded for them, and a worker on its own task queue."""
+    from worker.main import build_worker
+
+    store.load_inventory(inventory_for(hosts, packages))
+    ssh = SshSettings(
+        known_hosts=state_dir / "ssh" / "known_hosts",
+        key_dir=state_dir / "ssh" / "keys",
+        connect_timeout=3,
+    )
+    task_queue = f"arbup-test-{uuid.uuid4().hex[:8]}"
+    options = UpgradeOptions(settle_seconds=1.0, stop_grace_seconds=5.0)
+    executor = concurrent.futures.ThreadPoolExecutor(max_workers=8)
+    worker = build_worker(client, store, ssh, task_queue=task_queue, executor=executor,
+                          graceful_seconds=1)
+    async with worker:
+        yield Stack(list(hosts), store, ssh, task_queue, packages, options)
+    executor.shutdown(wait=False)
