@@ -17,7 +17,7 @@ from temporalio.client import WorkflowHistory
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.worker import Replayer
 
-from arbup.inputs import WORKFLOW_NAME
+from arbup.inputs import WORKFLOW_NAME, UpgradeInput
 from workflows.upgrade import UpgradeArbitrationGroup
 
 HISTORIES = sorted((Path(__file__).parent / "histories").glob("*.json"))
@@ -43,9 +43,13 @@ async def test_recorded_history_replays(path: Path):
     await replayer.replay_workflow(load(path))
 
 
-@workflow.defn(name=WORKFLOW_NAME, sandboxed=True)
+@workflow.defn(name=WORKFLOW_NAME, sandboxed=False)
 class PausingBeforeEachLayer(UpgradeArbitrationGroup):
     """An incompatible edit: a timer before every layer changes the command sequence."""
+
+    @workflow.run
+    async def run(self, inp: UpgradeInput) -> dict:
+        return await super().run(inp)
 
     async def _run_layer(self, step):
         await workflow.sleep(timedelta(milliseconds=1))
