@@ -173,13 +173,11 @@ class HostSteps:
 
             started = time.monotonic()
             await s.run(f"kill -TERM {pid}", check=False)
-            stopped = await wait_until(
-                s, f"[ ! -d /proc/{pid} ]", inp.options.stop_grace_seconds
-            )
+            stopped = await wait_until(s, gone(pid), inp.options.stop_grace_seconds)
             if not stopped:
                 s.note(f"observer {pid} still alive after {inp.options.stop_grace_seconds:.0f}s; killing it")
                 await s.run(f"kill -KILL {pid}", check=False)
-                if not await wait_until(s, f"[ ! -d /proc/{pid} ]", 30):
+                if not await wait_until(s, gone(pid), 30):
                     raise step_error(
                         ErrorKind.STOP_FAILED,
                         f"{s.label}: observer {pid} survived SIGKILL",
@@ -275,6 +273,12 @@ class HostSteps:
             message = f"observer {pid} runs {target} on {svc.address}"
             s.note(message)
             return StepResult(log=s.log, message=message)
+
+
+def gone(pid: int) -> str:
+    """A shell test: process ``pid`` has exited (a zombie awaiting its reaper counts
+    as exited; it holds no port and runs no code)."""
+    return f"! ps -o stat= -p {pid} | grep -qv Z"
 
 
 async def wait_until(s: HostSession, condition: str, seconds: float) -> bool:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import sys
 from datetime import UTC, datetime
 from pathlib import Path
@@ -36,8 +37,6 @@ def _print_json(data: object) -> None:
 
 
 def web_ui_link(workflow_id: str) -> str:
-    import os
-
     base = os.environ.get("ARBUP_WEB_UI", "http://127.0.0.1:8233")
     namespace = os.environ.get("TEMPORAL_NAMESPACE", "default")
     return f"{base}/namespaces/{namespace}/workflows/{workflow_id}"
@@ -311,4 +310,17 @@ def main(argv: list[str] | None = None) -> None:
         code = EXIT_UNREACHABLE
     except KeyboardInterrupt:
         code = 130
-    sys.exit(code)
+    exit_now(code)
+
+
+def exit_now(code: int) -> None:
+    """Exit without interpreter finalization.
+
+    The Temporal client's native runtime keeps threads that can abort a finalizing
+    interpreter ("PyGILState_Release: thread state ... must be current"), turning
+    a finished command into a crash. Nothing is left to clean up at this point, so
+    flush the output and leave.
+    """
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)

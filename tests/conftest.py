@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import os
+import random
 import sys
 import uuid
 from dataclasses import dataclass
@@ -26,8 +27,19 @@ OLD = "4.2.1.8-108000022024072217"
 TARGET = "4.3.4.0-200000022024070119"
 OS_TAG = "el7"
 CREDENTIAL = "local"
-# Test hosts live on 127.0.2.x, apart from the demo stack's 127.0.1.x.
-FIRST_IP = "127.0.2.1"
+
+def _test_network() -> str:
+    """A loopback /24 of this test session's own (127.20-250.x.0), apart from the
+    demo stack's 127.0.1.x and from other test sessions running at the same time."""
+    chosen = os.environ.get("ARBUP_TEST_NET")
+    if not chosen:
+        rng = random.SystemRandom()
+        chosen = f"127.{rng.randint(20, 250)}.{rng.randint(0, 255)}"
+    return chosen
+
+
+TEST_NET = _test_network()
+FIRST_IP = f"{TEST_NET}.1"
 SSH_PORT = 2222
 SVR_PORT = 2882
 PG_URL = os.environ.get(
@@ -154,11 +166,35 @@ def hosts(state_dir, packages):
 
 
 @pytest.fixture
-def store(tmp_path) -> RecordsStore:
-    store = RecordsStore(f"sqlite:///{tmp_path}/arbup.db")
+def store(request, tmp_path) -> RecordsStore:
+    """A fresh records store: SQLite, or PostgreSQL in a schema of its own when a
+    test asks for ``store`` with the parameter "postgresql"."""
+    backend = getattr(request, "param", "sqlite")
+    if backend == "sqlite":
+        store = RecordsStore(f"sqlite:///{tmp_path}/arbup.db")
+        store.create_schema()
+        yield store
+        store.dispose()
+        return
+
+    from sqlalchemy import create_engine, text
+    from sqlalchemy.exc import OperationalError
+
+    schema = f"arbup_it_{uuid.uuid4().hex[:12]}"
+    admin = create_engine(PG_URL)
+    try:
+        with admin.begin() as conn:
+            conn.execute(text(f'CREATE SCHEMA "{schema}"'))
+    except OperationalError as exc:
+        admin.dispose()
+        pytest.skip(f"PostgreSQL at {PG_URL} is unreachable: {exc.orig}")
+    store = RecordsStore(PG_URL, schema=schema)
     store.create_schema()
     yield store
     store.dispose()
+    with admin.begin() as conn:
+        conn.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
+    admin.dispose()
 
 
 @pytest_asyncio.fixture
@@ -179,4 +215,13 @@ async def stack(client, hosts, store, state_dir, packages):
                           graceful_seconds=1)
     async with worker:
         yield Stack(list(hosts), store, ssh, task_queue, packages, options)
+        await terminate_open_workflows(client, task_queue)
     executor.shutdown(wait=False)
+
+
+async def terminate_open_workflows(client: Client, task_queue: str) -> None:
+    """Workflow ids repeat across tests (each test's records start at task 1), so
+    none may outlive its test."""
+    query = f'TaskQueue="{task_queue}" AND ExecutionStatus="Running"'
+    async for execution in client.list_workflows(query):
+        await client.get_workflow_handle(execution.id).terminate("test finished")

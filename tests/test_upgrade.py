@@ -57,7 +57,8 @@ def by_name(task: TaskState, name: str) -> list:
     return sorted((s for s in task.subtasks if s.name == name), key=lambda s: s.parallel_idx)
 
 
-async def test_two_service_upgrade_succeeds(client, stack):
+@pytest.mark.parametrize("store", ["sqlite", "postgresql"], indirect=True)
+async def test_two_service_upgrade_succeeds(client, stack, store):
     pids_before = [h.exec("cat /home/admin/oceanbase/run/observer.pid").stdout.strip()
                    for h in stack.hosts]
     stack.store.add_status_monitor_record(1, "UNAVAILABLE", "probe failed during test")
@@ -65,7 +66,8 @@ async def test_two_service_upgrade_succeeds(client, stack):
     assert started.workflow_id == f"arbup-group-1-task-{started.task.id}"
 
     result = await handle.result()
-    await save_history(handle, "upgrade_succeeds")
+    if store.engine.dialect.name == "sqlite":
+        await save_history(handle, "upgrade_succeeds")
 
     # The hosts really run the target, checked apart from the product's SSH code.
     for host, old_pid in zip(stack.hosts, pids_before):
@@ -108,8 +110,9 @@ async def test_unreachable_host_at_prepare_stops_nothing(client, stack):
     prepare = by_name(task, "Prepare upgrade arbitration service")
     assert prepare[0].status == SubtaskStatus.SUCCESSFUL
     assert prepare[1].status == SubtaskStatus.FAILED
-    assert "127.0.2.2:2299" in prepare[1].log[-1]
-    assert "127.0.2.2:2299" in task.message
+    unreachable = f"{stack.hosts[1].ip}:2299"
+    assert unreachable in prepare[1].log[-1]
+    assert unreachable in task.message
     assert all(s.status in (SubtaskStatus.PENDING, SubtaskStatus.READY)
                for s in by_name(task, "Stop arbitration service"))
     assert task.waiting_for == "an operator decision"

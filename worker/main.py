@@ -26,6 +26,7 @@ from activities.ssh import SshSettings
 from arbup.inputs import TASK_QUEUE
 from arbup.records import RecordsStore
 from arbup.temporal import connect
+from starter.cli import exit_now
 from workflows.upgrade import UpgradeArbitrationGroup
 
 log = logging.getLogger("arbup.worker")
@@ -95,6 +96,7 @@ def main(argv: list[str] | None = None) -> None:
         format="%(asctime)s %(levelname)s %(name)s %(message)s",
     )
     asyncio.run(serve(args))
+    exit_now(0)
 
 
 if __name__ == "__main__":

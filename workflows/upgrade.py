@@ -307,9 +307,8 @@ class UpgradeArbitrationGroup:
         offered; until they are, the wait ends only when the workflow is cancelled
         (`arbup task cancel`), which leaves the services as they are.
         """
-        await self._set_status(TaskStatus.FAILED, self._task.message, done=False)
         self._task.waiting_for = "an operator decision"
-        self._show_progress()
+        await self._set_status(TaskStatus.FAILED, self._task.message, done=False)
         await workflow.wait_condition(lambda: False)
 
     async def _finish(self, status: TaskStatus, message: str) -> None:

@@ -25,6 +25,7 @@ from arbup.localhosts import (
 )
 from arbup.localhosts.hosts import pids_in_namespace
 from arbup.versions import os_tag_from_os_release, parse_observer_version
+from tests.conftest import TEST_NET
 
 asyncssh = pytest.importorskip("asyncssh")
 
@@ -32,7 +33,7 @@ pytestmark = pytest.mark.integration
 
 OLD = "4.2.1.8-108000022024072217"
 TARGET = "4.3.4.0-200000022024070119"
-FIRST_IP = "127.0.2.201"  # the demo stack lives on 127.0.1.x
+FIRST_IP = f"{TEST_NET}.201"  # the demo stack lives on 127.0.1.x
 P = DEFAULT_INSTALL_PATH
 
 _missing = [
@@ -94,7 +95,7 @@ def _port_open(ip: str, port: int) -> bool:
 
 
 def test_hosts_present_themselves_as_el7_with_old_version(stack):
-    assert [h.ip for h in stack.hosts] == ["127.0.2.201", "127.0.2.202"]
+    assert [h.ip for h in stack.hosts] == [f"{TEST_NET}.201", f"{TEST_NET}.202"]
     for host in stack.hosts:
         assert host.is_running()
         os_release = host.exec("cat /etc/os-release").stdout
@@ -239,14 +240,14 @@ async def test_downgrade_needs_oldpackage(stack):
 def test_stale_namespace_record_hits_no_other_host(stack, tmp_path):
     # Namespace inode numbers are reused: a host killed behind our back leaves a
     # record that may name a newer host's namespace; stopping it must spare that one.
-    gone = create_hosts(tmp_path / "gone", 1, first_ip="127.0.2.211")[0]
+    gone = create_hosts(tmp_path / "gone", 1, first_ip=f"{TEST_NET}.211")[0]
     for pid in gone.processes():
         os.kill(pid, signal.SIGKILL)
     deadline = time.monotonic() + 5
     while gone.processes() and time.monotonic() < deadline:
         time.sleep(0.05)
     try:
-        other = create_hosts(tmp_path / "other", 1, first_ip="127.0.2.212")[0]
+        other = create_hosts(tmp_path / "other", 1, first_ip=f"{TEST_NET}.212")[0]
         stop_hosts(tmp_path / "gone")
         assert other.is_running()
         assert all(h.is_running() for h in stack.hosts)
