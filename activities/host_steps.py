@@ -205,14 +205,21 @@ class HostSteps:
             if installed == pkg.full_version:
                 message = f"{pkg.full_version} is already installed; nothing to do"
                 s.note(message)
-                return StepResult(log=s.log, message=message)
+                return StepResult(
+                    log=s.log, message=message, installed_full_version=installed
+                )
+
+            await wait_for_earlier_rpm(s, inp)
+            installed = await facts.installed_version(s)
+            if installed == pkg.full_version:
+                message = f"{pkg.full_version} was installed by an earlier attempt"
+                s.note(message)
+                return StepResult(
+                    log=s.log, message=message, installed_full_version=installed
+                )
 
             path = await stage_package(s, inp)
-            result = await s.run(
-                f"rpm -Uvh --prefix={q(svc.install_path)} {q(path)}",
-                timeout=1500,
-                check=False,
-            )
+            result = await run_rpm(s, inp, f"rpm -Uvh --prefix={q(svc.install_path)} {q(path)}")
             if not result.ok:
                 output = (result.stderr or result.stdout).strip()
                 kind = (
@@ -237,7 +244,7 @@ class HostSteps:
                 )
             message = f"installed {pkg.full_version} (was {inp.service.version})"
             s.note(message)
-            return StepResult(log=s.log, message=message)
+            return StepResult(log=s.log, message=message, installed_full_version=installed)
 
     @activity.defn(name="start_service")
     async def start(self, inp: HostStepInput) -> StepResult:
@@ -279,6 +286,131 @@ def gone(pid: int) -> str:
     """A shell test: process ``pid`` has exited (a zombie awaiting its reaper counts
     as exited; it holds no port and runs no code)."""
     return f"! ps -o stat= -p {pid} | grep -qv Z"
+
+
+RPM_PID = "rpm.pid"
+
+
+async def run_rpm(s: HostSession, inp: HostStepInput, command: str):
+    """Run an rpm transaction whose pid is kept on the host, so that a cancelled or
+    retried step can wait for it instead of racing it."""
+    pid_file = q(f"{inp.options.staging_dir}/{RPM_PID}")
+    try:
+        return await s.run(
+            f"mkdir -p {q(inp.options.staging_dir)} && "
+            f"sh -c {q(f'echo $$ > {pid_file}; exec {command}')}",
+            timeout=1500,
+            check=False,
+        )
+    except asyncio.CancelledError:
+        # The step is cancelled: rpm must really have stopped before anything else
+        # (a compensation, another step) runs on this host.
+        s.note("cancelled: stopping rpm and waiting until it has exited")
+        await asyncio.shield(stop_rpm(s, inp))
+        raise
+
+
+async def stop_rpm(s: HostSession, inp: HostStepInput) -> None:
+    pid_file = q(f"{inp.options.staging_dir}/{RPM_PID}")
+    await s.run(
+        f"pid=$(cat {pid_file} 2>/dev/null) && kill -TERM $pid 2>/dev/null; true",
+        check=False,
+    )
+    await wait_for_earlier_rpm(s, inp)
+
+
+async def wait_for_earlier_rpm(s: HostSession, inp: HostStepInput) -> None:
+    """An rpm started by an earlier attempt (a worker that died, a cancelled step)
+    may still run: wait until it has exited."""
+    pid_file = q(f"{inp.options.staging_dir}/{RPM_PID}")
+    running = await s.run(
+        f"pid=$(cat {pid_file} 2>/dev/null) && "
+        "tr '\\0' ' ' < /proc/$pid/cmdline 2>/dev/null | grep -q rpm && echo $pid",
+        check=False,
+    )
+    pid = running.stdout.strip()
+    if running.ok and pid.isdigit():
+        s.note(f"rpm {pid} of an earlier attempt is still running; waiting for it")
+        if not await wait_until(s, gone(int(pid)), 1500):
+            raise step_error(
+                ErrorKind.INSTALL_FAILED, f"{s.label}: rpm {pid} never finished", s.log
+            )
+
+
+class Compensations:
+    """Activities that undo host steps. Each reads the host first and is a no-op
+    when there is nothing to undo, so it can run again after a failure."""
+
+    def __init__(self, steps: HostSteps):
+        self.steps = steps
+
+    @activity.defn(name="unstage_package")
+    async def unstage(self, inp: HostStepInput) -> StepResult:
+        """Undo prepare: remove the staged package (and a partial upload)."""
+        async with self.steps._session(inp, "unstage") as s:
+            path = staged_path(inp)
+            await s.run(f"rm -f {q(path)} {q(path + '.part')}")
+            message = f"removed {path}"
+            s.note(message)
+            return StepResult(log=s.log, message=message)
+
+    @activity.defn(name="restore_service")
+    async def restore(self, inp: HostStepInput) -> StepResult:
+        """Undo stop: the observer runs again, healthy, on whatever is installed."""
+        async with self.steps._session(inp, "restore") as s:
+            await wait_for_earlier_rpm(s, inp)
+            state = await facts.service_state(s)
+            if state.installed is None:
+                raise step_error(
+                    ErrorKind.START_FAILED,
+                    f"{s.label}: no oceanbase package is installed; nothing to start",
+                    s.log,
+                )
+            if state.pid and state.running == state.installed:
+                message = f"observer {state.pid} already runs {state.installed}"
+            else:
+                if state.pid:
+                    await s.run(f"kill -TERM {state.pid}", check=False)
+                    if not await wait_until(s, gone(state.pid), inp.options.stop_grace_seconds):
+                        await s.run(f"kill -KILL {state.pid}", check=False)
+                        await wait_until(s, gone(state.pid), 30)
+                await launch_observer(s, inp)
+                pid = await wait_healthy(s, state.installed)
+                message = f"observer {pid} runs {state.installed} again"
+            s.note(message)
+            return StepResult(
+                log=s.log, message=message, installed_full_version=state.installed
+            )
+
+    @activity.defn(name="reinstall_package")
+    async def reinstall(self, inp: HostStepInput) -> StepResult:
+        """Undo install: put the package of the previous version back
+        (``rpm -Uvh --oldpackage``), confirmed with ``rpm -q``."""
+        pkg = inp.package
+        svc = inp.service
+        async with self.steps._session(inp, "reinstall") as s:
+            await wait_for_earlier_rpm(s, inp)
+            installed = await facts.installed_version(s)
+            if installed == pkg.full_version:
+                message = f"{pkg.full_version} is installed; nothing to undo"
+            else:
+                path = await stage_package(s, inp)
+                result = await run_rpm(
+                    s, inp, f"rpm -Uvh --oldpackage --prefix={q(svc.install_path)} {q(path)}"
+                )
+                installed = await facts.installed_version(s)
+                if not result.ok or installed != pkg.full_version:
+                    raise step_error(
+                        ErrorKind.INSTALL_FAILED,
+                        f"{s.label}: reinstalling {pkg.file_name} failed "
+                        f"(exit {result.exit_status}, rpm -q says {installed}): "
+                        f"{(result.stderr or result.stdout).strip()[-300:]}",
+                        s.log,
+                    )
+                await s.run(f"rm -f {q(path)}", check=False)
+                message = f"reinstalled {pkg.full_version}"
+            s.note(message)
+            return StepResult(log=s.log, message=message, installed_full_version=installed)
 
 
 async def wait_until(s: HostSession, condition: str, seconds: float) -> bool:

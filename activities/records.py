@@ -11,6 +11,7 @@ from temporalio import activity
 
 from arbup.inputs import (
     FinishTaskInput,
+    GroupStatusInput,
     GroupStepInput,
     SaveSubtasksInput,
     ServiceStatusInput,
@@ -65,14 +66,25 @@ class RecordSteps:
         activity.logger.info(message)
         return StepResult(log=[message], message=message)
 
+    @activity.defn(name="set_group_status")
+    def set_group_status(self, inp: GroupStatusInput) -> StepResult:
+        previous = self.store.set_group_status(inp.group_id, inp.status)
+        message = f"group {inp.group_id} status {previous} -> {inp.status}"
+        activity.logger.info(message)
+        return StepResult(log=[message], message=message)
+
     @activity.defn(name="save_subtasks")
     def save_subtasks(self, inp: SaveSubtasksInput) -> None:
-        self.store.save_subtasks(inp.task_id, inp.subtasks)
+        self.store.save_subtasks(inp.task_id, inp.subtasks, inp.actions)
 
     @activity.defn(name="finish_task")
     def finish_task(self, inp: FinishTaskInput) -> None:
         self.store.set_task_status(
-            inp.task_id, inp.status, end_time=inp.end_time, message=inp.message
+            inp.task_id,
+            inp.status,
+            end_time=inp.end_time,
+            message=inp.message,
+            operation=inp.operation,
         )
         if inp.release_group:
             self.store.release_group(inp.group_id, inp.task_id)
@@ -85,6 +97,7 @@ class RecordSteps:
             self.update_group_version,
             self.update_service_status,
             self.clean_status_monitor_records,
+            self.set_group_status,
             self.save_subtasks,
             self.finish_task,
         ]

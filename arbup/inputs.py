@@ -11,7 +11,16 @@ from datetime import datetime
 
 from pydantic import BaseModel
 
-from arbup.models import ArbitrationService, Package, ServiceStatus, SubtaskState, TaskStatus
+from arbup.models import (
+    ArbitrationService,
+    GroupStatus,
+    Operation,
+    Package,
+    ServiceStatus,
+    SubtaskState,
+    TaskAction,
+    TaskStatus,
+)
 
 TASK_QUEUE = "arbup-upgrades"
 WORKFLOW_NAME = "UpgradeArbitrationGroup"
@@ -36,6 +45,13 @@ class UpgradeOptions(BaseModel):
     heartbeat_timeout_seconds: float = 10.0
     # The task queue of the workers that can reach the hosts.
     host_task_queue: str | None = None
+    # Roll back by itself when a subtask fails (where a rollback is allowed).
+    auto_rollback: bool = False
+    # Roll back by itself when no decision came this long after a failure.
+    decision_timeout_seconds: float | None = None
+    # Steps (graph step keys, e.g. "start") that may not be skipped, beyond the graph's
+    # own prohibitSkip flags.
+    prohibit_skip: list[str] = []
 
 
 class UpgradeInput(BaseModel):
@@ -53,6 +69,11 @@ class UpgradeInput(BaseModel):
     executor: str
     start_time: datetime
     options: UpgradeOptions = UpgradeOptions()
+    # What a rollback restores: the group's version and status before the upgrade,
+    # and the packages of the versions installed before (for a forced rollback).
+    group_version: str | None = None
+    group_status: GroupStatus = GroupStatus.RUNNING
+    rollback_packages: list[Package] = []
 
 
 class HostStepInput(BaseModel):
@@ -75,6 +96,17 @@ class PrepareResult(BaseModel):
 class StepResult(BaseModel):
     log: list[str]
     message: str
+    # What a host step found installed when it finished, where it looked.
+    installed_full_version: str | None = None
+
+
+class OperatorRequest(BaseModel):
+    """A decision on a failed task, or a cancel of a running subtask."""
+
+    actor: str
+    subtask_id: int | None = None
+    force: bool = False
+    reason: str = ""
 
 
 class GroupStepInput(BaseModel):
@@ -101,6 +133,14 @@ class ServiceStatusInput(BaseModel):
 class SaveSubtasksInput(BaseModel):
     task_id: int
     subtasks: list[SubtaskState]
+    actions: list[TaskAction] = []
+
+
+class GroupStatusInput(BaseModel):
+    task_id: int
+    subtask_id: int
+    group_id: int
+    status: GroupStatus
 
 
 class FinishTaskInput(BaseModel):
@@ -110,3 +150,4 @@ class FinishTaskInput(BaseModel):
     end_time: datetime | None
     message: str | None
     release_group: bool
+    operation: Operation | None = None

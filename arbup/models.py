@@ -216,6 +216,16 @@ class SubtaskState(BaseModel):
         return data
 
 
+class TaskAction(BaseModel):
+    """An operator's (or a policy's) action on a task: who did what, and when."""
+
+    action: str
+    actor: str
+    time: datetime
+    subtask_id: int | None = None
+    detail: str = ""
+
+
 class TaskState(BaseModel):
     """An upgrade task: what the workflow's query returns and what the store keeps."""
 
@@ -237,6 +247,7 @@ class TaskState(BaseModel):
     waiting_for: str | None = None
     message: str | None = None
     subtasks: list[SubtaskState] = []
+    actions: list[TaskAction] = []
 
     def to_ocp(self) -> dict:
         data = {

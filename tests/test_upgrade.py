@@ -53,6 +53,10 @@ async def wait_for(handle: WorkflowHandle, predicate, seconds: float = 120) -> T
         await asyncio.sleep(0.3)
 
 
+def waiting_for_operator(task: TaskState) -> bool:
+    return task.waiting_for == "an operator decision"
+
+
 def by_name(task: TaskState, name: str) -> list:
     return sorted((s for s in task.subtasks if s.name == name), key=lambda s: s.parallel_idx)
 
@@ -105,7 +109,7 @@ async def test_unreachable_host_at_prepare_stops_nothing(client, stack):
                    for h in stack.hosts]
     started, handle = await start(client, stack)
 
-    task = await wait_for(handle, lambda t: t.status == TaskStatus.FAILED)
+    task = await wait_for(handle, waiting_for_operator)
     await save_history(handle, "prepare_unreachable")
     prepare = by_name(task, "Prepare upgrade arbitration service")
     assert prepare[0].status == SubtaskStatus.SUCCESSFUL
@@ -137,7 +141,7 @@ async def test_failed_install_leaves_task_failed_and_records_unchanged(client, s
     stack.hosts[1].set_knob("fail_install")
     started, handle = await start(client, stack)
 
-    task = await wait_for(handle, lambda t: t.status == TaskStatus.FAILED)
+    task = await wait_for(handle, waiting_for_operator)
     await save_history(handle, "install_fails")
     install = by_name(task, "Install arbitration rpm")
     assert install[0].status == SubtaskStatus.SUCCESSFUL

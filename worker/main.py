@@ -20,7 +20,7 @@ from datetime import timedelta
 from temporalio.client import Client
 from temporalio.worker import Worker
 
-from activities.host_steps import HostSteps
+from activities.host_steps import Compensations, HostSteps
 from activities.records import RecordSteps
 from activities.ssh import SshSettings
 from arbup.inputs import TASK_QUEUE
@@ -42,6 +42,7 @@ def build_worker(
     graceful_seconds: float = 30,
 ) -> Worker:
     host_steps = HostSteps(ssh)
+    compensations = Compensations(host_steps)
     record_steps = RecordSteps(store)
     return Worker(
         client,
@@ -52,6 +53,9 @@ def build_worker(
             host_steps.stop,
             host_steps.install,
             host_steps.start,
+            compensations.unstage,
+            compensations.restore,
+            compensations.reinstall,
             *record_steps.all(),
         ],
         activity_executor=executor

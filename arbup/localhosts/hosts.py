@@ -94,6 +94,8 @@ KNOBS = frozenset(
         "die_after",
         "ignore_sigterm",
         "fail_install",
+        "install_delay",
+        "respawn",
         "bind_ip",
     }
 )
@@ -477,6 +479,24 @@ class LocalHost:
             self._kill_namespace()
             holder = self._start_namespace()
         self._start_sshd(holder)
+
+    def stop_sshd(self) -> None:
+        """Stop only sshd (the host becomes unreachable; its services keep running)."""
+        pid = self._sshd_pid()
+        if pid is None:
+            return
+        os.kill(pid, signal.SIGTERM)
+        if not _wait(lambda: not _alive(pid), 10):
+            raise LocalHostError(f"{self.name}: sshd {pid} did not stop")
+        (self.ssh_dir / "sshd.pid").unlink(missing_ok=True)
+
+    def start_sshd(self) -> None:
+        """Start sshd again in the host's existing namespace."""
+        holder = self._holder()
+        if holder is None:
+            raise LocalHostError(f"{self.name}: its namespace is gone; use start()")
+        if self._sshd_pid() is None:
+            self._start_sshd(holder)
 
     def stop(self) -> None:
         """Stop sshd and every process in the host's namespace; wait until all gone."""

@@ -177,4 +177,71 @@ subtasks = Table(
     UniqueConstraint("task_id", "series_id", name="uq_subtasks_series"),
 )
 
+# Who did what to a task, and when: operator decisions and policy actions.
+task_actions = Table(
+    "task_actions",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column(
+        "task_id",
+        Integer,
+        ForeignKey("tasks.id", ondelete="CASCADE"),
+        nullable=False,
+    ),
+    Column("seq", Integer, nullable=False),
+    Column("action", String(32), nullable=False),
+    Column("actor", String(255), nullable=False),
+    Column("time", UTCDateTime, nullable=False),
+    Column("subtask_id", Integer, nullable=True),
+    Column("detail", String(2048), nullable=False),
+    UniqueConstraint("task_id", "seq", name="uq_task_actions_seq"),
+)
+
 Index("ix_subtasks_task_id", subtasks.c.task_id)
+
+# -- users, their grants and access keys of the HTTP API (see arbup/records/iam.py) --
+
+iam_users = Table(
+    "iam_users",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("name", String(64), nullable=False, unique=True),
+    # "scrypt$n$r$p$<salt b64>$<hash b64>"; NULL for a user who signs with keys only.
+    Column("password_hash", String(255), nullable=True),
+    Column("created_at", UTCDateTime, nullable=False),
+)
+
+iam_grants = Table(
+    "iam_grants",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column(
+        "user_id",
+        Integer,
+        ForeignKey("iam_users.id", ondelete="CASCADE"),
+        nullable=False,
+        index=True,
+    ),
+    Column("permission", String(64), nullable=False),
+    # "*" (every resource, or a global permission) or an arbitration service id.
+    Column("scope", String(32), nullable=False),
+    UniqueConstraint("user_id", "permission", "scope", name="uq_iam_grants"),
+)
+
+iam_access_keys = Table(
+    "iam_access_keys",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("access_key", String(64), nullable=False, unique=True),
+    Column(
+        "user_id",
+        Integer,
+        ForeignKey("iam_users.id", ondelete="CASCADE"),
+        nullable=False,
+        index=True,
+    ),
+    # sha256 of the key's secret: tells a secret derived with another master key
+    # apart from a wrong signature. The secret itself is not stored (see iam.py).
+    Column("secret_check", String(64), nullable=False),
+    Column("created_at", UTCDateTime, nullable=False),
+)

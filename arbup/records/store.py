@@ -44,6 +44,7 @@ from arbup.models import (
     Package,
     ServiceStatus,
     SubtaskState,
+    TaskAction,
     TaskState,
     TaskStatus,
 )
@@ -53,6 +54,7 @@ from arbup.records.schema import (
     packages,
     services,
     status_monitor_records,
+    task_actions,
     tasks,
 )
 from arbup.records.schema import subtasks as subtask_table
@@ -322,7 +324,7 @@ class RecordsStore:
                     )
 
             task_values = draft.model_dump(
-                mode="python", exclude={"id", "subtasks", "waiting_for"}
+                mode="python", exclude={"id", "subtasks", "waiting_for", "actions"}
             )
             task_values.update(
                 status=draft.status.value,
@@ -382,15 +384,33 @@ class RecordsStore:
                 .values(active_task_id=None)
             )
 
-    def save_subtasks(self, task_id: int, subtasks: list[SubtaskState]) -> None:
+    def save_subtasks(
+        self,
+        task_id: int,
+        subtasks: list[SubtaskState],
+        actions: list[TaskAction] | None = None,
+    ) -> None:
         """Store the subtasks' status, operation, run time, start/end times and log,
-        matched by subtask id within the task. All or nothing; idempotent."""
+        matched by subtask id within the task, and the task's actions (the whole
+        list, in order; those already stored are kept). All or nothing; idempotent."""
         for sub in subtasks:
             _aware(sub.start_time, f"subtask {sub.id} start_time")
             _aware(sub.end_time, f"subtask {sub.id} end_time")
         with self._write() as conn:
             if _locked_row(conn, tasks, task_id) is None:
                 raise NotFound(f"task {task_id} not found")
+            if actions:
+                stored = conn.execute(
+                    select(func.count())
+                    .select_from(task_actions)
+                    .where(task_actions.c.task_id == task_id)
+                ).scalar_one()
+                for seq, action in enumerate(actions[stored:], start=stored):
+                    conn.execute(
+                        insert(task_actions).values(
+                            task_id=task_id, seq=seq, **action.model_dump()
+                        )
+                    )
             for sub in subtasks:
                 result = conn.execute(
                     update(subtask_table)
@@ -709,11 +729,27 @@ def _load_task(conn: Connection, task_id: int, *, with_subtasks: bool) -> TaskSt
     row = conn.execute(select(tasks).where(tasks.c.id == task_id)).first()
     if row is None:
         raise NotFound(f"task {task_id} not found")
-    subtask_rows = []
-    if with_subtasks:
-        subtask_rows = conn.execute(
-            select(subtask_table)
-            .where(subtask_table.c.task_id == task_id)
-            .order_by(subtask_table.c.id)
-        ).all()
-    return _task(row, subtask_rows)
+    if not with_subtasks:
+        return _task(row, [])
+    subtask_rows = conn.execute(
+        select(subtask_table)
+        .where(subtask_table.c.task_id == task_id)
+        .order_by(subtask_table.c.id)
+    ).all()
+    task = _task(row, subtask_rows)
+    action_rows = conn.execute(
+        select(task_actions)
+        .where(task_actions.c.task_id == task_id)
+        .order_by(task_actions.c.seq)
+    ).all()
+    task.actions = [
+        TaskAction(
+            action=a.action,
+            actor=a.actor,
+            time=a.time,
+            subtask_id=a.subtask_id,
+            detail=a.detail,
+        )
+        for a in action_rows
+    ]
+    return task
