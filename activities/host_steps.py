@@ -123,6 +123,7 @@ class HostSteps:
 
             await self._check_disk(s, inp)
             path = await stage_package(s, inp)
+            await check_package_header(s, inp, path)
             message = (
                 f"installed {state.installed or 'nothing'}, running "
                 f"{state.running or 'nothing'}; {pkg.file_name} staged at {path}"
@@ -185,10 +186,21 @@ class HostSteps:
                     )
 
             closed = f"! {facts.port_probe(svc.svr_ip, svc.svr_port)}"
-            if not await wait_until(s, closed, 60):
+            if not await wait_until(s, closed, inp.options.stop_grace_seconds + 10):
                 raise step_error(
                     ErrorKind.STOP_FAILED,
                     f"{s.label}: port {svc.svr_port} still open after observer {pid} exited",
+                    s.log,
+                )
+            # A service manager may start it again behind our back: it must stay down.
+            await asyncio.sleep(inp.options.stop_settle_seconds)
+            back = await facts.observer_pid(s)
+            if back is not None or await facts.port_open(s):
+                raise step_error(
+                    ErrorKind.STOP_FAILED,
+                    f"{s.label}: observer came back (pid {back or 'unknown'}) right "
+                    f"after {pid} stopped, and port {svc.svr_port} is still open; "
+                    "is a service manager restarting it?",
                     s.log,
                 )
             message = f"observer {pid} stopped in {time.monotonic() - started:.1f}s"
@@ -458,6 +470,24 @@ async def stage_package(s: HostSession, inp: HostStepInput) -> str:
         )
     await s.run(f"mv -f {q(partial)} {q(final)}")
     return final
+
+
+async def check_package_header(s: HostSession, inp: HostStepInput, path: str) -> None:
+    """The staged RPM must be what its name says: a renamed file would otherwise
+    pass every check and fail only at install, with the services already down."""
+    pkg = inp.package
+    result = await s.run(
+        f"rpm -qp --qf '%{{NAME}} %{{VERSION}}-%{{RELEASE}} %{{ARCH}}\\n' {q(path)}"
+    )
+    found = result.stdout.strip().splitlines()[-1] if result.stdout.strip() else ""
+    want = f"{pkg.name} {pkg.version}-{pkg.build_number}.{pkg.operating_system} {pkg.arch}"
+    if found != want:
+        raise step_error(
+            ErrorKind.PACKAGE_MISMATCH,
+            f"{s.label}: {pkg.file_name} contains {found or 'no readable package'}, "
+            f"not {want}; fix the package repository",
+            s.log,
+        )
 
 
 async def launch_observer(s: HostSession, inp: HostStepInput) -> None:

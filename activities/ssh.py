@@ -160,11 +160,13 @@ class HostSession:
         started = time.monotonic()
         try:
             async with self._conn.start_sftp_client() as sftp:
+                # The block size is left to asyncssh, which follows the server's
+                # advertised limits (OpenSSH closes the connection on writes larger
+                # than its 256 KiB message limit); many requests stay in flight.
                 await sftp.put(
                     str(local_path),
                     remote_path,
-                    block_size=256 * 1024,
-                    max_requests=64,
+                    max_requests=128,
                     progress_handler=on_progress,
                 )
         except (asyncssh.Error, OSError) as exc:

@@ -14,6 +14,7 @@ class ErrorKind:
     WRONG_OS = "WrongOperatingSystem"
     WRONG_ARCH = "WrongArchitecture"
     PACKAGE_MISSING = "PackageMissing"
+    PACKAGE_MISMATCH = "PackageMismatch"
     TARGET_NOT_NEWER = "TargetNotNewer"
     INSUFFICIENT_DISK = "InsufficientDisk"
     CHECKSUM_MISMATCH = "ChecksumMismatch"
@@ -30,6 +31,7 @@ NON_RETRYABLE = (
     ErrorKind.WRONG_OS,
     ErrorKind.WRONG_ARCH,
     ErrorKind.PACKAGE_MISSING,
+    ErrorKind.PACKAGE_MISMATCH,
     ErrorKind.TARGET_NOT_NEWER,
     ErrorKind.INSUFFICIENT_DISK,
     ErrorKind.INSTALL_FAILED,

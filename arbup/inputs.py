@@ -39,6 +39,8 @@ class UpgradeOptions(BaseModel):
     settle_seconds: float = 2.0
     # Between the graceful stop signal and the forced kill.
     stop_grace_seconds: float = 30.0
+    # A stopped observer must still be down this long after it exited.
+    stop_settle_seconds: float = 0.5
     # Attempts of one activity before its subtask fails.
     max_attempts: int = 3
     # How long an activity may go without a heartbeat before another worker takes it.

@@ -185,6 +185,7 @@ def up(args: argparse.Namespace) -> int:
     down(args, quiet=True)
     state.mkdir(parents=True, exist_ok=True)
 
+    shutil.rmtree(state / "packages", ignore_errors=True)
     print(f"state directory: {state}")
     print("starting the Temporal dev server (Web UI on "
           f"http://127.0.0.1:{UI_PORT}) ...", flush=True)
@@ -214,7 +215,7 @@ def up(args: argparse.Namespace) -> int:
     store.create_schema()
     counts = store.load_inventory(load_inventory_file(write_inventory(state, hosts, packages)))
     store.dispose()
-    print(f"records: {counts}")
+    print("records: " + ", ".join(f"{n} {kind}" for kind, n in counts.items()))
 
     print("starting the worker ...", flush=True)
     start_worker(state)
@@ -223,13 +224,14 @@ def up(args: argparse.Namespace) -> int:
 
 
 def down(args: argparse.Namespace, quiet: bool = False) -> int:
-    from arbup.localhosts import stop_hosts
+    from arbup.localhosts import load_hosts, stop_hosts
 
     state = state_dir()
     stopped = [name for name in ("worker", "temporal") if _stop(state, name)]
     if (state / "hosts").exists():
+        if any(host.is_running() for host in load_hosts(state)):
+            stopped.append("hosts")
         stop_hosts(state)
-        stopped.append("hosts")
     if not quiet:
         print("stopped: " + (", ".join(stopped) or "nothing was running"))
     return 0

@@ -92,6 +92,39 @@ def changes(
         )
         line = f"  {subtask.status.value:<10} {subtask.name}{where}"
         if subtask.status == SubtaskStatus.FAILED and subtask.log:
-            line += f": {subtask.log[-1]}"
+            line += ": " + subtask.log[-1].removeprefix("FAILED: ")
         lines.append(line)
     return lines
+
+
+def subtask_lines(task: TaskState, services: dict[int, ArbitrationService]) -> list[str]:
+    """Every subtask with its id (for ``arbup task log|retry|skip``), in run order."""
+    lines = [f"{'id':>6}  {'status':<10} {'op':<8} run  subtask"]
+    depth = _depths(task)
+    for subtask in sorted(task.subtasks, key=lambda s: (depth[s.id], s.parallel_idx)):
+        where = (
+            f" on {services[subtask.service_id].address}"
+            if subtask.service_id in services
+            else ""
+        )
+        lines.append(
+            f"{subtask.id:>6}  {subtask.status.value:<10} {subtask.operation.value:<8} "
+            f"{subtask.run_time:>3}  {subtask.name}{where}"
+        )
+    return lines
+
+
+def _depths(task: TaskState) -> dict[int, int]:
+    """How many edges separate each subtask from the graph's roots."""
+    by_id = {s.id: s for s in task.subtasks}
+    depth: dict[int, int] = {}
+
+    def of(subtask_id: int) -> int:
+        if subtask_id not in depth:
+            ups = by_id[subtask_id].upstreams
+            depth[subtask_id] = 1 + max((of(u) for u in ups), default=-1)
+        return depth[subtask_id]
+
+    for subtask in task.subtasks:
+        of(subtask.id)
+    return depth

@@ -16,12 +16,20 @@ import socket
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
-from temporalio.client import Client, WorkflowExecutionStatus
+from temporalio.client import Client, WorkflowExecutionStatus, WorkflowUpdateFailedError
 from temporalio.common import SearchAttributePair, TypedSearchAttributes
+from temporalio.exceptions import ApplicationError
 from temporalio.service import RPCError
 
 from arbup.graph import build_subtasks
-from arbup.inputs import TASK_QUEUE, WORKFLOW_NAME, UpgradeInput, UpgradeOptions, workflow_id_for
+from arbup.inputs import (
+    TASK_QUEUE,
+    WORKFLOW_NAME,
+    OperatorRequest,
+    UpgradeInput,
+    UpgradeOptions,
+    workflow_id_for,
+)
 from arbup.models import ArbitrationGroup, GroupStatus, Package, TaskState, TaskStatus
 from arbup.records import GroupBusy, RecordsStore
 from arbup.temporal import GROUP_ID, TARGET_VERSION, TASK_ID, TASK_STATUS
@@ -93,6 +101,15 @@ def validate_request(
             code="TARGET_VERSION_NOT_NEWER",
         )
 
+    other_os = sorted({s.operating_system for s in group.services} - {operating_system})
+    if other_os:
+        hosts = ", ".join(s.host for s in group.services if s.operating_system != operating_system)
+        raise UpgradeRefused(
+            f"group {group_id}'s services run {', '.join(other_os)} ({hosts}), not "
+            f"{operating_system}; ask for the package of their operating system",
+            code="OPERATING_SYSTEM_MISMATCH",
+        )
+
     packages: dict[str, Package] = {}
     for arch in sorted({s.arch for s in group.services}):
         package = store.find_package(full_version, operating_system, arch)
@@ -153,6 +170,9 @@ async def start_upgrade(
         executor=executor,
         start_time=now,
         options=options or UpgradeOptions(),
+        group_version=group.version,
+        group_status=group.status,
+        rollback_packages=_rollback_packages(store, group, operating_system),
     )
     attributes = (
         TypedSearchAttributes(
@@ -187,6 +207,20 @@ async def start_upgrade(
         store.release_group(group.id, task.id)
         raise
     return StartedUpgrade(task, handle.id, handle.result_run_id)
+
+
+def _rollback_packages(
+    store: RecordsStore, group: ArbitrationGroup, operating_system: str
+) -> list[Package]:
+    """The packages of the versions the services run now: what a forced rollback
+    reinstalls."""
+    found: dict[tuple[str, str], Package] = {}
+    for service in group.services:
+        for version in {service.version, group.version}:
+            package = store.find_package(version, operating_system, service.arch)
+            if package is not None:
+                found[(package.full_version, package.arch)] = package
+    return list(found.values())
 
 
 async def _create_task(client: Client, store: RecordsStore, draft: TaskState) -> TaskState:
@@ -250,15 +284,67 @@ async def read_task(client: Client, store: RecordsStore, task_id: int) -> TaskSt
         return stored
 
 
-async def cancel_task(client: Client, store: RecordsStore, task_id: int) -> TaskState:
+# The operator's actions on a task, and the workflow updates that carry them.
+DECISIONS = {
+    "retry": "retry_task",
+    "retry_subtask": "retry_subtask",
+    "skip_subtask": "skip_subtask",
+    "rollback": "rollback",
+    "cancel_subtask": "cancel_subtask",
+}
+
+
+async def decide(
+    client: Client,
+    store: RecordsStore,
+    task_id: int,
+    action: str,
+    *,
+    actor: str,
+    subtask_id: int | None = None,
+    force: bool = False,
+    reason: str = "",
+) -> TaskState:
+    """Send an operator decision to a task's workflow; return the task after it.
+
+    The workflow validates the decision against the task's state first; a refused
+    one changes nothing and raises UpgradeRefused with the workflow's reason."""
+    stored = await _open_task(client, store, task_id)
+    request = OperatorRequest(actor=actor, subtask_id=subtask_id, force=force, reason=reason)
+    handle = client.get_workflow_handle(stored.workflow_id)
+    try:
+        return await handle.execute_update(
+            DECISIONS[action], request, result_type=TaskState
+        )
+    except WorkflowUpdateFailedError as failed:
+        cause = failed.cause
+        if isinstance(cause, ApplicationError):
+            raise UpgradeRefused(cause.message, code=cause.type or "TASK_STATE_INVALID") from None
+        raise
+
+
+async def cancel_task(
+    client: Client, store: RecordsStore, task_id: int, *, actor: str | None = None
+) -> TaskState:
+    """Cancel the whole task: the workflow stops its running steps and brings every
+    service back up (see the workflow)."""
+    stored = await _open_task(client, store, task_id)
+    handle = client.get_workflow_handle(stored.workflow_id)
+    await handle.execute_update(
+        "note_cancel", OperatorRequest(actor=actor or default_creator())
+    )
+    await handle.cancel()
+    return stored
+
+
+async def _open_task(client: Client, store: RecordsStore, task_id: int) -> TaskState:
     stored = store.get_task(task_id)
     if stored is None:
         raise UpgradeRefused(f"task {task_id} does not exist", code="TASK_NOT_FOUND", status=404)
     if not await _workflow_open(client, stored.workflow_id):
         raise UpgradeRefused(
-            f"task {task_id} is {stored.status} and its workflow is not running",
+            f"task {task_id} is {stored.status.value} and its workflow has ended",
             code="TASK_STATE_INVALID",
         )
-    await client.get_workflow_handle(stored.workflow_id).cancel()
     return stored
 

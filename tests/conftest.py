@@ -198,10 +198,8 @@ def store(request, tmp_path) -> RecordsStore:
 
 
 @pytest_asyncio.fixture
-async def stack(client, hosts, store, state_dir, packages):
-    """Hosts, records loaded for them, and a worker on its own task queue."""
-    from worker.main import build_worker
-
+async def records_and_hosts(client, hosts, store, state_dir, packages):
+    """Hosts and the records of group 1 on them, with no worker yet."""
     store.load_inventory(inventory_for(hosts, packages))
     ssh = SshSettings(
         known_hosts=state_dir / "ssh" / "known_hosts",
@@ -210,12 +208,28 @@ async def stack(client, hosts, store, state_dir, packages):
     )
     task_queue = f"arbup-test-{uuid.uuid4().hex[:8]}"
     options = UpgradeOptions(settle_seconds=1.0, stop_grace_seconds=5.0)
+    yield Stack(list(hosts), store, ssh, task_queue, packages, options)
+    await terminate_open_workflows(client, task_queue)
+
+
+@pytest_asyncio.fixture
+async def stack(client, records_and_hosts):
+    """Hosts, records loaded for them, and a worker on its own task queue."""
+    from worker.main import build_worker
+
+    stack = records_and_hosts
     executor = concurrent.futures.ThreadPoolExecutor(max_workers=8)
-    worker = build_worker(client, store, ssh, task_queue=task_queue, executor=executor,
-                          graceful_seconds=1)
+    worker = build_worker(
+        client,
+        stack.store,
+        stack.ssh,
+        task_queue=stack.task_queue,
+        executor=executor,
+        graceful_seconds=1,
+    )
     async with worker:
-        yield Stack(list(hosts), store, ssh, task_queue, packages, options)
-        await terminate_open_workflows(client, task_queue)
+        yield stack
+        await terminate_open_workflows(client, stack.task_queue)
     executor.shutdown(wait=False)
 
 

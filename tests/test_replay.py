@@ -29,7 +29,16 @@ def load(path: Path) -> WorkflowHistory:
 
 def test_histories_are_recorded():
     names = {p.stem for p in HISTORIES}
-    assert {"upgrade_succeeds", "install_fails", "prepare_unreachable"} <= names
+    assert {
+        "upgrade_succeeds",
+        "install_fails",
+        "prepare_unreachable",
+        "decision_retry",
+        "decision_skip",
+        "decision_rollback",
+        "decision_forced_rollback",
+        "decision_cancel",
+    } <= names
     for path in HISTORIES:
         events = json.loads(path.read_text())["events"]
         assert events[0]["eventType"] in ("EVENT_TYPE_WORKFLOW_EXECUTION_STARTED", 1)

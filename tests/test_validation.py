@@ -57,7 +57,7 @@ def loaded(store):
         (7, TARGET, "el7", "ARBITRATION_GROUP_NOT_FOUND", "group 7 does not exist"),
         (1, OLD, "el7", "TARGET_VERSION_NOT_NEWER", "not newer"),
         (1, "4.1.0.0-100000012023010101", "el7", "TARGET_VERSION_NOT_NEWER", "not newer"),
-        (1, TARGET, "el8", "PACKAGE_NOT_FOUND", "el8.aarch64"),
+        (1, TARGET, "el8", "OPERATING_SYSTEM_MISMATCH", "run el7"),
         (1, TARGET, "el7", "PACKAGE_NOT_FOUND", "aarch64"),
     ],
 )

@@ -175,6 +175,12 @@ class UpgradeArbitrationGroup:
                 TaskStatus.SUCCESSFUL,
                 "rolled back: every service touched runs its version from before",
             )
+        elif self._prepared and not any(p.needs_upgrade for p in self._prepared.values()):
+            await self._finish(
+                TaskStatus.SUCCESSFUL,
+                "every service already ran the target, so none was stopped; "
+                "the records now say so",
+            )
         else:
             await self._finish(TaskStatus.SUCCESSFUL, "every service runs the target")
         return self._task.to_ocp()

@@ -160,12 +160,19 @@ def _build_env() -> dict[str, str]:
 
 
 def build_package(
-    out_dir: Path, full_version: str, os_tag: str, arch: str | None = None
+    out_dir: Path,
+    full_version: str,
+    os_tag: str,
+    arch: str | None = None,
+    *,
+    padding_mib: int = 0,
 ) -> Path:
     """Build (or reuse) ``out_dir/oceanbase-<fullVersion>.<os>.<arch>.rpm``.
 
     ``arch`` defaults to this machine's (``uname -m``). An existing file is reused if it
     is an intact package with the expected name, version, release and arch.
+    ``padding_mib`` adds that much incompressible data (``share/padding.bin``), for
+    packages as large as real ones.
     """
     version = FullVersion.parse(full_version)
     check_os_tag(os_tag)
@@ -185,11 +192,26 @@ def build_package(
             "OB_BUILD_TIME": _build_time(version.build),
         },
     )
+    sources = {"observer": observer.encode()}
+    extra_install = extra_files = ""
+    if padding_mib:
+        sources["padding.bin"] = os.urandom(padding_mib * 1024 * 1024)
+        extra_install = (
+            "mkdir -p %{buildroot}%{ob_prefix}/share\n"
+            "install -m 0644 %{_sourcedir}/padding.bin %{buildroot}%{ob_prefix}/share/"
+        )
+        extra_files = "%attr(0644,root,root) %{ob_prefix}/share/padding.bin"
     spec = _fill(
         (ASSETS / "oceanbase.spec").read_text(encoding="utf-8"),
-        {"VERSION": version.version, "BUILD": str(version.build), "OS": os_tag},
+        {
+            "VERSION": version.version,
+            "BUILD": str(version.build),
+            "OS": os_tag,
+            "EXTRA_INSTALL": extra_install,
+            "EXTRA_FILES": extra_files,
+        },
     )
-    return _rpmbuild(spec, {"observer": observer.encode()}, arch, want, out_file)
+    return _rpmbuild(spec, sources, arch, want, out_file)
 
 
 def build_base_package(out_dir: Path, os_tag: str) -> Path:
