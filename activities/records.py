@@ -22,6 +22,12 @@ from arbup.models import GroupStatus
 from arbup.records import RecordsStore
 
 
+def _done(message: str) -> StepResult:
+    """Log what a record step changed; it is also the subtask's log."""
+    activity.logger.info(message)
+    return StepResult(log=[message], message=message)
+
+
 class RecordSteps:
     def __init__(self, store: RecordsStore):
         self.store = store
@@ -30,15 +36,13 @@ class RecordSteps:
     def begin_upgrade(self, inp: GroupStepInput) -> StepResult:
         previous = self.store.set_group_status(inp.group_id, GroupStatus.UPGRADING)
         message = f"group {inp.group_id} marked UPGRADING (was {previous})"
-        activity.logger.info(message)
-        return StepResult(log=[message], message=message)
+        return _done(message)
 
     @activity.defn(name="update_service_version")
     def update_service_version(self, inp: ServiceVersionInput) -> StepResult:
         previous = self.store.set_service_version(inp.service_id, inp.full_version)
         message = f"service {inp.service_id} version {previous} -> {inp.full_version}"
-        activity.logger.info(message)
-        return StepResult(log=[message], message=message)
+        return _done(message)
 
     @activity.defn(name="update_group_version")
     def update_group_version(self, inp: GroupStepInput) -> StepResult:
@@ -49,29 +53,25 @@ class RecordSteps:
             f"group {inp.group_id} version {previous} -> {inp.full_version}, "
             f"status {status} -> RUNNING"
         )
-        activity.logger.info(message)
-        return StepResult(log=[message], message=message)
+        return _done(message)
 
     @activity.defn(name="update_service_status")
     def update_service_status(self, inp: ServiceStatusInput) -> StepResult:
         previous = self.store.set_service_status(inp.service_id, inp.status)
         message = f"service {inp.service_id} status {previous} -> {inp.status}"
-        activity.logger.info(message)
-        return StepResult(log=[message], message=message)
+        return _done(message)
 
     @activity.defn(name="clean_status_monitor_records")
     def clean_status_monitor_records(self, inp: GroupStepInput) -> StepResult:
         removed = self.store.clean_status_monitor_records(inp.group_id)
         message = f"removed {removed} status monitor records of group {inp.group_id}"
-        activity.logger.info(message)
-        return StepResult(log=[message], message=message)
+        return _done(message)
 
     @activity.defn(name="set_group_status")
     def set_group_status(self, inp: GroupStatusInput) -> StepResult:
         previous = self.store.set_group_status(inp.group_id, inp.status)
         message = f"group {inp.group_id} status {previous} -> {inp.status}"
-        activity.logger.info(message)
-        return StepResult(log=[message], message=message)
+        return _done(message)
 
     @activity.defn(name="save_subtasks")
     def save_subtasks(self, inp: SaveSubtasksInput) -> None:

@@ -728,7 +728,7 @@ class UpgradeArbitrationGroup:
             heartbeat_timeout=timedelta(seconds=options.heartbeat_timeout_seconds),
             retry_policy=self._retry_policy(),
             cancellation_type=ActivityCancellationType.WAIT_CANCELLATION_COMPLETED,
-            summary=f"{name.replace('_', ' ')} on {service.host} ({service.address})",
+            summary=self._summary(name, step, f"on {service.host} ({service.address})"),
         )
         self._running[subtask.id] = handle
         try:
@@ -746,13 +746,22 @@ class UpgradeArbitrationGroup:
             start_to_close_timeout=timedelta(seconds=step.timeout),
             retry_policy=self._retry_policy(),
             cancellation_type=ActivityCancellationType.WAIT_CANCELLATION_COMPLETED,
-            summary=f"{name.replace('_', ' ')} (subtask {subtask.id})",
+            summary=self._summary(name, step, f"(subtask {subtask.id})"),
         )
         self._running[subtask.id] = handle
         try:
             return await handle
         finally:
             self._running.pop(subtask.id, None)
+
+    def _summary(self, activity_name: str, step: Step, where: str) -> str:
+        """What the Web UI's timeline shows for an activity: the subtask's name, or
+        what undoes it during a rollback or a recovery."""
+        if activity_name == COMPENSATING_ACTIVITIES.get(step.key) and self._rolling_back:
+            return f"Roll back: {step.name} {where}"
+        if activity_name == "restore_service":
+            return f"Bring back up {where}"
+        return f"{step.name} {where}"
 
     async def _set_service_version(self, step, subtask, version: str) -> StepResult:
         return await self._record_activity(
