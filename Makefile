@@ -14,7 +14,7 @@ up: setup
 
 demo: up
 	$(ARBUP) upgrade 1 --full-version $(TARGET) --os el7 --watch
-	$(ARBUP) local hosts --expect $(TARGET)
+	$(ARBUP) local hosts --expect $(TARGET) --api-hint
 	@echo "The stack is still running for you to explore; 'make down' stops it."
 
 down:

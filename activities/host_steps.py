@@ -388,6 +388,14 @@ class Compensations:
                         await wait_until(s, gone(state.pid), 30)
                 await launch_observer(s, inp)
                 pid = await wait_healthy(s, state.installed)
+                await asyncio.sleep(inp.options.settle_seconds)
+                if await facts.observer_pid(s) != pid or not await facts.port_open(s):
+                    raise step_error(
+                        ErrorKind.START_FAILED,
+                        f"{s.label}: observer {pid} did not stay up for "
+                        f"{inp.options.settle_seconds:.0f}s after being started again",
+                        s.log,
+                    )
                 message = f"observer {pid} runs {state.installed} again"
             s.note(message)
             return StepResult(

@@ -9,9 +9,10 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from pydantic import BaseModel
+from pydantic import BaseModel, field_validator
 
 from arbup.models import (
+    check_abs_path,
     ArbitrationService,
     GroupStatus,
     Operation,
@@ -33,6 +34,8 @@ def workflow_id_for(group_id: int, task_id: int | str) -> str:
 
 class UpgradeOptions(BaseModel):
     """Knobs of one upgrade, fixed when it starts."""
+
+    _staging = field_validator("staging_dir")(check_abs_path)
 
     staging_dir: str = DEFAULT_STAGING_DIR
     # A started observer must still be healthy this long after it first was.

@@ -33,6 +33,8 @@ FIRST_HOST_IP = "127.0.1.1"
 SSH_PORT = 2222
 SVR_PORT = 2882
 CREDENTIAL = "local"
+API_PORT = 8080
+DEMO_USER = "admin"
 
 
 def state_dir() -> Path:
@@ -219,15 +221,57 @@ def up(args: argparse.Namespace) -> int:
 
     print("starting the worker ...", flush=True)
     start_worker(state)
+    print(f"starting the HTTP API on http://127.0.0.1:{API_PORT} ...", flush=True)
+    start_api(state)
     print("local stack is up; `arbup local down` (or `make down`) stops it")
     return 0
+
+
+def start_api(state: Path) -> None:
+    """``arbup api`` with a demo user ``admin`` that may upgrade every group and steer
+    tasks; its password is made here and kept in ``api-admin.password`` (mode 600)."""
+    import secrets
+
+    from arbup.records import IamStore, MasterKey, RecordsStore
+    from arbup.records.iam import ALL, ARBITRATION_UPDATE, TASK_MANAGER
+
+    password_file = state / "api-admin.password"
+    password = secrets.token_urlsafe(18)
+    password_file.write_text(password + "\n")
+    password_file.chmod(0o600)
+    store = RecordsStore.from_env()
+    iam = IamStore(store, MasterKey.load_or_create(state / "api-master.key"))
+    if DEMO_USER not in {u.name for u in iam.list_users()}:
+        iam.add_user(DEMO_USER, password)
+    else:
+        iam.set_password(DEMO_USER, password)
+    iam.grant(DEMO_USER, ARBITRATION_UPDATE, ALL)
+    iam.grant(DEMO_USER, TASK_MANAGER)
+    store.dispose()
+
+    arbup = str(Path(sys.executable).parent / "arbup")
+    _spawn(state, "api", [arbup, "api", "--port", str(API_PORT)], stack_env(state))
+    wait_for_port("127.0.0.1", API_PORT, 60, "the HTTP API")
+
+
+def curl_lines(state: Path, task_id: int | None = None) -> list[str]:
+    auth = f"-u {DEMO_USER}:$(cat {state / 'api-admin.password'})"
+    base = f"http://127.0.0.1:{API_PORT}/api/v2"
+    lines = [
+        f"curl -s {auth} -H 'Content-Type: application/json' "
+        f"-d '{{\"fullVersion\": \"{TARGET_VERSION}\", \"operatingSystem\": \"{OS_TAG}\"}}' "
+        f"{base}/arbitration/services/groups/{GROUP_ID}/upgrade",
+    ]
+    if task_id:
+        lines.append(f"curl -s {auth} {base}/tasks/instances/{task_id}")
+    return lines
 
 
 def down(args: argparse.Namespace, quiet: bool = False) -> int:
     from arbup.localhosts import load_hosts, stop_hosts
 
     state = state_dir()
-    stopped = [name for name in ("worker", "temporal") if _stop(state, name)]
+    stopped = [name for name in ("api", "worker", "temporal") if _stop(state, name)]
     if (state / "hosts").exists():
         if any(host.is_running() for host in load_hosts(state)):
             stopped.append("hosts")
@@ -250,6 +294,10 @@ def hosts(args: argparse.Namespace) -> int:
             all_on_target = False
     if args.expect:
         print(("every host runs " if all_on_target else "NOT every host runs ") + args.expect)
+    if args.api_hint and (state / "api-admin.password").exists():
+        print("\nThe same through the HTTP API (OCP's API v2; the group now already "
+              "runs the target, so `arbup local up` first to see it upgrade again):")
+        print("\n".join("  " + line for line in curl_lines(state, task_id=1)))
     return 0 if all_on_target else 1
 
 
@@ -264,4 +312,6 @@ def add_parser(sub) -> None:
     p.set_defaults(run=down, local=True)
     p = local.add_parser("hosts", help="each local host's installed and running version")
     p.add_argument("--expect", help="exit 1 unless every host runs this full version")
+    p.add_argument("--api-hint", action="store_true",
+                   help="also print curl lines for the local HTTP API")
     p.set_defaults(run=hosts, local=True)

@@ -10,8 +10,10 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-FULL_VERSION_RE = re.compile(r"^(\d{1,4})\.(\d{1,4})\.(\d{1,4})\.(\d{1,4})-(\d{1,30})$")
-OS_TAG_RE = re.compile(r"^[a-z][a-z0-9]{1,15}$")
+FULL_VERSION_RE = re.compile(
+    r"^([0-9]{1,4})\.([0-9]{1,4})\.([0-9]{1,4})\.([0-9]{1,4})-([0-9]{1,30})\Z"
+)
+OS_TAG_RE = re.compile(r"^[a-z][a-z0-9]{1,15}\Z")
 ARCHES = ("x86_64", "aarch64")
 PACKAGE_NAME = "oceanbase"
 PACKAGE_FILE_RE = re.compile(
@@ -33,7 +35,7 @@ class FullVersion:
 
     @classmethod
     def parse(cls, text: str) -> FullVersion:
-        match = FULL_VERSION_RE.match(text.strip()) if isinstance(text, str) else None
+        match = FULL_VERSION_RE.match(text) if isinstance(text, str) else None
         if not match:
             raise VersionError(
                 f"full version {text!r} is not of the form <a.b.c.d>-<build>, "
@@ -53,7 +55,7 @@ class FullVersion:
 def check_full_version(text: str) -> str:
     """Return ``text`` if it is a valid full version, else raise VersionError."""
     FullVersion.parse(text)
-    return text.strip()
+    return text
 
 
 def check_os_tag(text: str) -> str:

@@ -1,4 +1,4 @@
-"""``arbup``: start, watch and inspect upgrades of arbitration service groups.
+"""arbup: start, watch, inspect and steer upgrades of arbitration service groups.
 
 Exit codes: 0 success, 1 the task failed, 2 the request was refused or invalid,
 3 Temporal or the records store could not be reached.
@@ -14,16 +14,40 @@ import sys
 from datetime import UTC, datetime
 from pathlib import Path
 
+from pydantic import ValidationError
+
 from arbup.inputs import TASK_QUEUE, UpgradeOptions
-from arbup.models import TaskState, TaskStatus
-from arbup.records import RecordsStore
+from arbup.models import Operation, TaskState, TaskStatus
+from arbup.records import RecordsError, RecordsStore
 from arbup.temporal import connect
+from starter import cli_admin
 from starter import progress
-from starter.service import UpgradeRefused, cancel_task, read_task, start_upgrade
+from starter.service import (
+    UpgradeRefused,
+    cancel_task,
+    decide,
+    default_creator,
+    read_task,
+    start_upgrade,
+)
 
 EXIT_FAILED = 1
 EXIT_REFUSED = 2
 EXIT_UNREACHABLE = 3
+
+
+MAX_ID = 2**31 - 1
+
+
+def record_id(text: str) -> int:
+    """An id as the records store holds them: 1 .. 2^31-1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not 1 <= value <= MAX_ID:
+        raise argparse.ArgumentTypeError(f"{value} is not an id (1 to {MAX_ID})")
+    return value
 
 
 def _store() -> RecordsStore:
@@ -43,11 +67,21 @@ def web_ui_link(workflow_id: str) -> str:
 
 
 async def cmd_upgrade(args: argparse.Namespace) -> int:
+    chosen = {
+        "auto_rollback": args.auto_rollback,
+        "decision_timeout_seconds": args.decision_timeout,
+        "prohibit_skip": args.prohibit_skip or [],
+    }
+    if args.staging_dir:
+        chosen["staging_dir"] = args.staging_dir
+    try:
+        options = UpgradeOptions(**chosen)
+    except ValidationError as invalid:
+        problem = invalid.errors()[0]
+        option = str(problem["loc"][0]).replace("_", "-")
+        raise ValueError(f"--{option}: {problem['msg']}") from None
     store = _store()
     client = await connect()
-    options = UpgradeOptions()
-    if args.staging_dir:
-        options = options.model_copy(update={"staging_dir": args.staging_dir})
     started = await start_upgrade(
         client,
         store,
@@ -81,6 +115,11 @@ async def cmd_task_show(args: argparse.Namespace) -> int:
     else:
         services = _services_of(store, task)
         print("\n".join(progress.table(task, services, datetime.now(UTC))))
+        print()
+        print("\n".join(progress.subtask_lines(task, services)))
+        for action in task.actions:
+            print(f"{action.time:%Y-%m-%d %H:%M:%S} {action.action} by {action.actor}"
+                  + (f" (subtask {action.subtask_id})" if action.subtask_id else ""))
     return _exit_for(task)
 
 
@@ -94,7 +133,10 @@ async def cmd_task_log(args: argparse.Namespace) -> int:
     store = _store()
     client = await connect()
     task = await read_task(client, store, args.task_id)
-    subtask = next((s for s in task.subtasks if s.id == args.subtask_id), None) if task else None
+    if task is None:
+        print(f"task {args.task_id} does not exist", file=sys.stderr)
+        return EXIT_REFUSED
+    subtask = next((s for s in task.subtasks if s.id == args.subtask_id), None)
     if subtask is None:
         print(f"task {args.task_id} has no subtask {args.subtask_id}", file=sys.stderr)
         return EXIT_REFUSED
@@ -115,15 +157,48 @@ async def cmd_task_list(args: argparse.Namespace) -> int:
             f"{t.id:>6}  {t.group_id:>5}  {t.status.value:<10}  "
             f"{t.target_full_version:<28}  {t.start_time:%Y-%m-%d %H:%M:%S}"
         )
-    print(f"{total} tasks")
+    print(f"{total} task{'s' if total != 1 else ''}")
     return 0
 
 
 async def cmd_task_cancel(args: argparse.Namespace) -> int:
     store = _store()
     client = await connect()
-    task = await cancel_task(client, store, args.task_id)
-    print(f"cancellation of task {task.id} requested ({task.workflow_id})")
+    if args.subtask:
+        task = await decide(
+            client, store, args.task_id, "cancel_subtask",
+            actor=default_creator(), subtask_id=args.subtask,
+        )
+        print(f"subtask {args.subtask} of task {task.id} is being cancelled")
+        return 0
+    task = await cancel_task(client, store, args.task_id, actor=default_creator())
+    print(f"task {task.id} is being cancelled: running steps stop, then every "
+          "service is brought back up")
+    if args.watch:
+        return await _watch(client, store, task.id)
+    return 0
+
+
+async def cmd_task_decide(args: argparse.Namespace) -> int:
+    """retry, skip and rollback."""
+    store = _store()
+    client = await connect()
+    action = args.action
+    if action == "retry" and args.subtask:
+        action = "retry_subtask"
+    task = await decide(
+        client,
+        store,
+        args.task_id,
+        action,
+        actor=default_creator(),
+        subtask_id=getattr(args, "subtask", None),
+        force=getattr(args, "force", False),
+        reason=getattr(args, "reason", "") or "",
+    )
+    print(f"task {task.id}: {action.replace('_', ' ')} accepted")
+    if args.watch:
+        return await _watch(client, store, task.id)
     return 0
 
 
@@ -150,26 +225,33 @@ async def _watch(client, store: RecordsStore, task_id: int) -> int:
             for line in progress.changes(previous, task, services):
                 print(f"[{progress.elapsed(task, now):6.1f}s]{line}", flush=True)
         previous = task
-        if task.status == TaskStatus.SUCCESSFUL or task.waiting_for or (
-            task.status == TaskStatus.FAILED and task.end_time and not _running(task)
-        ):
+        if task.waiting_for or (task.end_time and not _running(task) and not _open(task)):
             break
         await asyncio.sleep(0.5)
 
     if not tty:
         print("\n".join(progress.table(task, services, datetime.now(UTC))))
-    print(f"task {task.id} {task.status.value}: {task.message or ''}".rstrip(": "))
+    if task.waiting_for:
+        print(f"task {task.id} is FAILED and waits for a decision: "
+              f"arbup task retry|skip|rollback|cancel {task.id} ...")
     return _exit_for(task)
 
 
 def _running(task: TaskState) -> bool:
-    return any(s.status == "RUNNING" for s in task.subtasks)
+    return any(s.status in ("RUNNING", "CANCELING") for s in task.subtasks)
+
+
+def _open(task: TaskState) -> bool:
+    """Still in progress: running, or failed but not yet waiting (a rollback or a
+    cancellation about to begin)."""
+    return task.status == TaskStatus.RUNNING
 
 
 def _exit_for(task: TaskState) -> int:
-    if task.status == TaskStatus.SUCCESSFUL:
+    """0 only for an upgrade that succeeded: a rolled-back task did not upgrade."""
+    if task.status == TaskStatus.SUCCESSFUL and task.operation != Operation.ROLLBACK:
         return 0
-    return EXIT_FAILED if task.status == TaskStatus.FAILED else 0
+    return EXIT_FAILED if task.status != TaskStatus.RUNNING else 0
 
 
 def _services_of(store: RecordsStore, task: TaskState):
@@ -182,7 +264,7 @@ async def cmd_load(args: argparse.Namespace) -> int:
 
     inventory = load_inventory_file(Path(args.file))
     counts = _store().load_inventory(inventory)
-    print(", ".join(f"{n} {kind}" for kind, n in counts.items()) + " loaded")
+    print("loaded: " + ", ".join(f"{n} {kind}" for kind, n in counts.items()))
     return 0
 
 
@@ -235,7 +317,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("upgrade", help="upgrade an arbitration service group")
-    p.add_argument("group", type=int, help="group id")
+    p.add_argument("group", type=record_id, help="group id")
     p.add_argument("--full-version", required=True, help="e.g. 4.3.4.0-200000022024070119")
     p.add_argument("--os", required=True, help="package OS tag, e.g. el7")
     p.add_argument("--watch", action="store_true", help="follow the task to its end")
@@ -244,38 +326,65 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--staging-dir", help="where packages are staged on the hosts")
     p.add_argument("--no-search-attributes", action="store_true",
                    help="for a namespace without arbup's search attributes registered")
+    p.add_argument("--auto-rollback", action="store_true",
+                   help="roll back by itself when a subtask fails (before the point "
+                   "of no return)")
+    p.add_argument("--decision-timeout", type=float, metavar="SECONDS",
+                   help="roll back by itself when no decision came this long after a failure")
+    p.add_argument("--prohibit-skip", action="append", metavar="STEP",
+                   choices=["prepare", "stop", "install", "start"],
+                   help="a step that may not be skipped (repeatable)")
     p.set_defaults(run=cmd_upgrade)
 
     task = sub.add_parser("task", help="inspect and steer upgrade tasks").add_subparsers(
         dest="task_command", required=True
     )
     p = task.add_parser("show", help="the task and its subtasks")
-    p.add_argument("task_id", type=int)
+    p.add_argument("task_id", type=record_id)
     p.add_argument("--json", action="store_true", help="OCP's Task JSON")
     p.set_defaults(run=cmd_task_show)
     p = task.add_parser("watch", help="follow a task live until it ends")
-    p.add_argument("task_id", type=int)
+    p.add_argument("task_id", type=record_id)
     p.set_defaults(run=cmd_task_watch)
     p = task.add_parser("log", help="what one subtask did on its host")
-    p.add_argument("task_id", type=int)
-    p.add_argument("subtask_id", type=int)
+    p.add_argument("task_id", type=record_id)
+    p.add_argument("subtask_id", type=record_id)
     p.set_defaults(run=cmd_task_log)
     p = task.add_parser("list", help="tasks, newest first")
-    p.add_argument("--group", type=int)
+    p.add_argument("--group", type=record_id)
     p.add_argument("--page", type=int, default=1)
     p.add_argument("--size", type=int, default=20)
     p.add_argument("--json", action="store_true")
     p.set_defaults(run=cmd_task_list)
-    p = task.add_parser("cancel", help="cancel a task's workflow")
-    p.add_argument("task_id", type=int)
+    p = task.add_parser("cancel", help="cancel a task (or one running subtask)")
+    p.add_argument("task_id", type=record_id)
+    p.add_argument("--subtask", type=record_id, help="cancel only this running subtask")
+    p.add_argument("--watch", action="store_true")
     p.set_defaults(run=cmd_task_cancel)
+    p = task.add_parser("retry", help="run a failed task's failed subtasks again")
+    p.add_argument("task_id", type=record_id)
+    p.add_argument("--subtask", type=record_id, help="retry only this failed subtask")
+    p.add_argument("--watch", action="store_true")
+    p.set_defaults(run=cmd_task_decide, action="retry")
+    p = task.add_parser("skip", help="treat a failed subtask as done and go on")
+    p.add_argument("task_id", type=record_id)
+    p.add_argument("subtask", type=record_id)
+    p.add_argument("--watch", action="store_true")
+    p.set_defaults(run=cmd_task_decide, action="skip_subtask")
+    p = task.add_parser("rollback", help="undo what a failed task did")
+    p.add_argument("task_id", type=record_id)
+    p.add_argument("--force", action="store_true",
+                   help="also past the point of no return: downgrade the packages")
+    p.add_argument("--reason", help="recorded with the action")
+    p.add_argument("--watch", action="store_true")
+    p.set_defaults(run=cmd_task_decide, action="rollback")
 
     p = sub.add_parser("load", help="load groups, services and packages from a TOML file")
     p.add_argument("file")
     p.set_defaults(run=cmd_load)
 
     p = sub.add_parser("group", help="show a group with its services")
-    p.add_argument("group", type=int)
+    p.add_argument("group", type=record_id)
     p.add_argument("--json", action="store_true")
     p.set_defaults(run=cmd_group_show)
 
@@ -289,6 +398,7 @@ def build_parser() -> argparse.ArgumentParser:
     from arbup import localstack
 
     localstack.add_parser(sub)
+    cli_admin.add_parsers(sub)
     return parser
 
 
@@ -302,6 +412,9 @@ def main(argv: list[str] | None = None) -> None:
     except UpgradeRefused as refused:
         print(f"refused: {refused.message}", file=sys.stderr)
         code = EXIT_REFUSED
+    except RecordsError as refused:
+        print(f"refused: {refused}", file=sys.stderr)
+        code = EXIT_REFUSED
     except (ValueError, LookupError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         code = EXIT_REFUSED
@@ -310,6 +423,10 @@ def main(argv: list[str] | None = None) -> None:
         code = EXIT_UNREACHABLE
     except KeyboardInterrupt:
         code = 130
+    except BrokenPipeError:
+        # The reader went away (`arbup task list | head`): nothing more to say.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        code = 0
     exit_now(code)
 
 

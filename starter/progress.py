@@ -31,9 +31,12 @@ def elapsed(task: TaskState, now: datetime) -> float:
 
 
 def table(task: TaskState, services: dict[int, ArbitrationService], now: datetime) -> list[str]:
+    status = task.status.value
+    if task.operation.value != "EXECUTE":
+        status += f" ({task.operation.value})"
     lines = [
         f"Task {task.id}  group {task.group_id} -> {task.target_full_version} "
-        f"({task.target_os})  {task.status.value}  {elapsed(task, now):.1f}s"
+        f"({task.target_os})  {status}  {elapsed(task, now):.1f}s"
     ]
     width = max([len(s.address) for s in services.values()] + [7]) + 2
     lines.append("service".ljust(width) + "".join(p.ljust(10) for p, _ in PHASES))

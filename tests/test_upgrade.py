@@ -129,8 +129,7 @@ async def test_unreachable_host_at_prepare_stops_nothing(client, stack):
     group = stack.group()
     assert group.version == OLD
     assert [s.version for s in group.services] == [OLD, OLD]
-    stored = stack.store.get_task(started.task.id)
-    assert stored.status == TaskStatus.FAILED
+    stored = await stored_when(stack, started.task.id, lambda t: t.status == TaskStatus.FAILED)
     assert group.active_task_id == started.task.id
 
     await handle.cancel()
@@ -157,8 +156,7 @@ async def test_failed_install_leaves_task_failed_and_records_unchanged(client, s
     group = stack.group()
     assert group.version == OLD
     assert [s.version for s in group.services] == [OLD, OLD]
-    stored = stack.store.get_task(started.task.id)
-    assert stored.status == TaskStatus.FAILED
+    stored = await stored_when(stack, started.task.id, lambda t: t.status == TaskStatus.FAILED)
     stored_install = [s for s in stored.subtasks if s.id == install[1].id][0]
     assert stored_install.status == SubtaskStatus.FAILED
 
@@ -178,6 +176,16 @@ async def test_second_upgrade_of_a_busy_group_is_refused(client, stack):
 
     result = await handle.result()
     assert result["status"] == "SUCCESSFUL"
+
+
+async def stored_when(stack, task_id: int, predicate, seconds: float = 30) -> TaskState:
+    """The task as the records store has it, once ``predicate`` holds."""
+    for _ in range(int(seconds / 0.2)):
+        stored = stack.store.get_task(task_id)
+        if predicate(stored):
+            return stored
+        await asyncio.sleep(0.2)
+    raise AssertionError(f"the store never showed the expected state of task {task_id}")
 
 
 async def wait_for_release(stack, task_id: int, seconds: float = 30) -> None:

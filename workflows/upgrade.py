@@ -527,11 +527,18 @@ class UpgradeArbitrationGroup:
         ) or "no service had been touched"
 
     async def _restore(self, service: ArbitrationService) -> str:
-        """Start one service on what is installed; record its real version."""
+        """Start one service on what is installed; record its real version. A host
+        that cannot be brought back is reported, not waited for: the task must end."""
         subtask = self._layers[START.key][self._inp.services.index(service)]
-        result = await self._host_activity(
-            "restore_service", START, subtask, service, self._package(service)
-        )
+        try:
+            result = await self._host_activity(
+                "restore_service", START, subtask, service, self._package(service)
+            )
+        except ActivityError as err:
+            cause = err.cause.message if err.cause else str(err)
+            subtask.log.append(f"recovery FAILED: {cause}")
+            self._touch(subtask)
+            return f"an unknown version, NOT restored ({cause})"
         subtask.log.append(f"recovery: {result.message}")
         self._touch(subtask)
         version = result.installed_full_version
@@ -553,11 +560,11 @@ class UpgradeArbitrationGroup:
         """The task is FAILED: wait for a decision (or apply the start policy)."""
         options = self._inp.options
         self._decision = None
-        await self._set_status(TaskStatus.FAILED, self._task.message, done=False)
-        # Decisions are taken only once the failure is on record.
+        # Decisions are taken from the moment the task shows FAILED; one that comes
+        # while the failure is being recorded is acted on right after.
         self._waiting = True
         self._task.waiting_for = OPERATOR_DECISION
-        self._show_progress()
+        await self._set_status(TaskStatus.FAILED, self._task.message, done=False)
 
         if options.auto_rollback and self._policy_may_roll_back():
             self._act("rollback", OperatorRequest(actor="policy:auto_rollback"))
