@@ -4,7 +4,7 @@ ARBUP := $(VENV)/bin/arbup
 PYTEST := $(VENV)/bin/python -m pytest
 TARGET := 4.3.4.0-200000022024070119
 
-.PHONY: setup demo up down test test-unit record-histories clean
+.PHONY: setup demo up down test test-unit record-histories bench clean
 
 setup:
 	@bash scripts/bootstrap.sh
@@ -25,6 +25,12 @@ test: setup
 
 test-unit: setup
 	$(PYTEST) -ra -m "not integration"
+
+# Benchmarks against Ansible, pyinfra and a bare asyncssh floor (docs/benchmarks.md);
+# not part of `make test`. BENCH_QUICK=1 for a short run.
+bench: setup
+	$(VENV)/bin/pip install -q -e '.[bench]'
+	$(VENV)/bin/python -m bench
 
 record-histories: setup
 	ARBUP_RECORD_HISTORIES=1 $(PYTEST) -ra tests/test_replay.py -k record

@@ -25,6 +25,14 @@ from arbup.errors import NON_RETRYABLE, ErrorKind
 from arbup.models import ArbitrationService, check_name
 
 LOG_LINE_LIMIT = 400
+ENCRYPTION_ALGS = [
+    "aes128-gcm@openssh.com",
+    "aes256-gcm@openssh.com",
+    "chacha20-poly1305@openssh.com",
+    "aes128-ctr",
+    "aes192-ctr",
+    "aes256-ctr",
+]
 
 
 def step_error(kind: str, message: str, log: list[str]) -> ApplicationError:
@@ -214,6 +222,9 @@ async def open_session(
             keepalive_count_max=settings.keepalive_count_max,
             agent_path=None,
             config=[],
+            # AES-GCM runs on the CPU's AES instructions: about twice the upload
+            # throughput of ChaCha20-Poly1305 in asyncssh. All are OpenSSH defaults.
+            encryption_algs=ENCRYPTION_ALGS,
         )
     except asyncssh.HostKeyNotVerifiable as exc:
         log.append(f"connect {label} as {service.ssh_user}: host key not verified")

@@ -61,6 +61,11 @@ def build_worker(
         activity_executor=executor
         or concurrent.futures.ThreadPoolExecutor(max_workers=16),
         graceful_shutdown_timeout=timedelta(seconds=graceful_seconds),
+        # An eagerly dispatched activity counts as started while it waits for a free
+        # slot in this worker, and without running it cannot heartbeat: under load
+        # (50 groups at once) such activities timed out unstarted. Left on the
+        # server, they wait there until a worker has room.
+        disable_eager_activity_execution=True,
     )
 
 
