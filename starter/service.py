@@ -321,6 +321,9 @@ async def decide(
         if isinstance(cause, ApplicationError):
             raise UpgradeRefused(cause.message, code=cause.type or "TASK_STATE_INVALID") from None
         raise
+    except RPCError:
+        await _refuse_if_ended(client, stored)
+        raise
 
 
 async def cancel_task(
@@ -330,11 +333,25 @@ async def cancel_task(
     service back up (see the workflow)."""
     stored = await _open_task(client, store, task_id)
     handle = client.get_workflow_handle(stored.workflow_id)
-    await handle.execute_update(
-        "note_cancel", OperatorRequest(actor=actor or default_creator())
-    )
-    await handle.cancel()
+    try:
+        await handle.execute_update(
+            "note_cancel", OperatorRequest(actor=actor or default_creator())
+        )
+        await handle.cancel()
+    except (RPCError, WorkflowUpdateFailedError):
+        await _refuse_if_ended(client, stored)
+        raise
     return stored
+
+
+async def _refuse_if_ended(client: Client, task: TaskState) -> None:
+    """The workflow may end between the check and the action: that is the task's
+    state, not an outage."""
+    if not await _workflow_open(client, task.workflow_id):
+        raise UpgradeRefused(
+            f"task {task.id} has ended; its workflow is no longer running",
+            code="TASK_STATE_INVALID",
+        )
 
 
 async def _open_task(client: Client, store: RecordsStore, task_id: int) -> TaskState:
