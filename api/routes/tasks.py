@@ -167,63 +167,42 @@ async def rollback_task(
     return await _act(request, store, temporal, who, id, "rollback", force=force)
 
 
-@router.post(
-    "/instances/{id}/subtasks/{subtaskId}/retry",
-    response_model=TaskEnvelope,
-    responses=errors(400, 403, 404),
-    operation_id="retrySubtask",
-    summary="Run one failed subtask again",
+# The actions on one subtask differ only in what they ask the workflow.
+SUBTASK_ACTIONS = (
+    ("retry", "retry_subtask", "retrySubtask", "Run one failed subtask again"),
+    ("skip", "skip_subtask", "skipSubtask", "Treat a failed subtask as done and go on"),
+    (
+        "cancel",
+        "cancel_subtask",
+        "cancelSubtask",
+        "Stop a running subtask (RUNNING, CANCELING, then FAILED)",
+    ),
 )
-async def retry_subtask(
-    request: Request,
-    id: TaskId,
-    subtaskId: SubtaskId,
-    store: Store,
-    temporal: TemporalDep,
-    who: Manager,
-):
-    return await _act(
-        request, store, temporal, who, id, "retry_subtask", subtask_id=subtaskId
-    )
 
 
-@router.post(
-    "/instances/{id}/subtasks/{subtaskId}/skip",
-    response_model=TaskEnvelope,
-    responses=errors(400, 403, 404),
-    operation_id="skipSubtask",
-    summary="Treat a failed subtask as done and go on",
-)
-async def skip_subtask(
-    request: Request,
-    id: TaskId,
-    subtaskId: SubtaskId,
-    store: Store,
-    temporal: TemporalDep,
-    who: Manager,
-):
-    return await _act(
-        request, store, temporal, who, id, "skip_subtask", subtask_id=subtaskId
-    )
+def _subtask_action(action: str):
+    async def act_on_subtask(
+        request: Request,
+        id: TaskId,
+        subtaskId: SubtaskId,
+        store: Store,
+        temporal: TemporalDep,
+        who: Manager,
+    ):
+        return await _act(request, store, temporal, who, id, action, subtask_id=subtaskId)
+
+    return act_on_subtask
 
 
-@router.post(
-    "/instances/{id}/subtasks/{subtaskId}/cancel",
-    response_model=TaskEnvelope,
-    responses=errors(400, 403, 404),
-    operation_id="cancelSubtask",
-    summary="Stop a running subtask (RUNNING, CANCELING, then FAILED)",
-)
-async def cancel_subtask(
-    request: Request,
-    id: TaskId,
-    subtaskId: SubtaskId,
-    store: Store,
-    temporal: TemporalDep,
-    who: Manager,
-):
-    return await _act(
-        request, store, temporal, who, id, "cancel_subtask", subtask_id=subtaskId
+for path, action, operation_id, summary in SUBTASK_ACTIONS:
+    router.add_api_route(
+        f"/instances/{{id}}/subtasks/{{subtaskId}}/{path}",
+        _subtask_action(action),
+        methods=["POST"],
+        response_model=TaskEnvelope,
+        responses=errors(400, 403, 404),
+        operation_id=operation_id,
+        summary=summary,
     )
 
 
