@@ -79,6 +79,9 @@ class UpgradeInput(BaseModel):
     group_version: str | None = None
     group_status: GroupStatus = GroupStatus.RUNNING
     rollback_packages: list[Package] = []
+    # Ties the task's log lines together, from the request that started it (the
+    # API's X-Trace-Id, or one the CLI made) to every activity on every host.
+    trace_id: str | None = None
 
 
 class HostStepInput(BaseModel):
@@ -87,6 +90,7 @@ class HostStepInput(BaseModel):
     service: ArbitrationService
     package: Package
     options: UpgradeOptions
+    trace_id: str | None = None
 
 
 class PrepareResult(BaseModel):

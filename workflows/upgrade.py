@@ -728,6 +728,7 @@ class UpgradeArbitrationGroup:
                 service=service,
                 package=package,
                 options=options,
+                trace_id=self._inp.trace_id,
             ),
             result_type=PrepareResult if name == "prepare_service" else StepResult,
             task_queue=options.host_task_queue,
