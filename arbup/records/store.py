@@ -12,13 +12,16 @@ an update are locked with ``SELECT ... FOR NO KEY UPDATE``).
 
 from __future__ import annotations
 
+import logging
 import os
 import re
+import sqlite3
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import (
     Connection,
@@ -50,7 +53,6 @@ from arbup.models import (
 )
 from arbup.records.schema import (
     groups,
-    metadata,
     packages,
     services,
     status_monitor_records,
@@ -60,11 +62,18 @@ from arbup.records.schema import (
 from arbup.records.schema import subtasks as subtask_table
 from arbup.versions import check_full_version
 
+if TYPE_CHECKING:
+    from arbup.records.migrate import SchemaState, UpgradeResult
+
+log = logging.getLogger("arbup.records")
+
 _SCHEMA_NAME_RE = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 _SQLITE_BUSY_TIMEOUT_S = 30
 # How often create_task retries taking the lock when it lost it to a task that has
 # already released it again (only possible under concurrent create/release).
 _LOCK_ATTEMPTS = 3
+# The PostgreSQL advisory lock migrations hold (any fixed number, arbup's own).
+_MIGRATION_LOCK_KEY = 0x61726275705F6462  # "arbup_db"
 
 
 class RecordsError(Exception):
@@ -73,6 +82,11 @@ class RecordsError(Exception):
 
 class NotFound(RecordsError):
     """An id names no row."""
+
+
+class SchemaNotCurrent(RecordsError):
+    """The database's schema is not the one this arbup works with (see
+    ``RecordsStore.ensure_schema``)."""
 
 
 class GroupBusy(RecordsError):
@@ -125,23 +139,76 @@ class RecordsStore:
     @classmethod
     def from_env(cls) -> RecordsStore:
         """ARBUP_DB_URL, or a SQLite file in ARBUP_STATE_DIR (default ./.arbup)."""
-        url = os.environ.get("ARBUP_DB_URL")
-        if not url:
-            state_dir = Path(os.environ.get("ARBUP_STATE_DIR") or ".arbup")
-            state_dir.mkdir(parents=True, exist_ok=True)
-            url = f"sqlite:///{(state_dir / 'arbup.db').resolve()}"
-        return cls(url)
+        return cls(url_from_env())
 
     @property
     def engine(self) -> Engine:
         return self._engine
 
-    def create_schema(self) -> None:
-        """Create the tables that do not exist yet (idempotent)."""
-        with self._engine.begin() as conn:
+    @property
+    def display_url(self) -> str:
+        """The store's URL without its password, for messages."""
+        from arbup.records.migrate import mask_url
+
+        return mask_url(self._engine.url)
+
+    # -- schema ---------------------------------------------------------------------
+
+    def create_schema(self) -> UpgradeResult:
+        """Bring the tables to the newest revision of the migrations (idempotent).
+
+        Applies what is missing of ``arbup/records/migrations`` and returns an
+        ``arbup.records.migrate.UpgradeResult``. A database whose tables were made
+        before migrations existed is stamped at the initial revision first. With
+        ``schema=``, the PostgreSQL schema is created if needed and holds the
+        version table too. Concurrent calls are serialized: on SQLite by the write
+        lock, on PostgreSQL by a transaction-level advisory lock.
+        """
+        from arbup.records import migrate
+
+        with self._migrating() as conn:
             if self.schema is not None:
                 conn.execute(text(f'CREATE SCHEMA IF NOT EXISTS "{self.schema}"'))
-            metadata.create_all(conn)
+            result = migrate.upgrade(conn, self.schema, name=self.display_url)
+        if result.changed:
+            log.info(
+                "records store %s: was %s; now at revision %s (head)",
+                self.display_url,
+                result.before.describe(),
+                result.after.current,
+            )
+        return result
+
+    def schema_state(self) -> SchemaState:
+        """Where the database stands against the migrations
+        (``arbup.records.migrate.SchemaState``); changes nothing."""
+        from arbup.records import migrate
+
+        with self._read() as conn:
+            return migrate.state(conn, self.schema)
+
+    def ensure_schema(self) -> SchemaState:
+        """What a long-running process (the worker, the HTTP API) does at start.
+
+        A SQLite store is brought to the newest revision, as ``create_schema``
+        does: it is the local, single-machine setup. A PostgreSQL store is never
+        changed here: unless it is at the newest revision, SchemaNotCurrent says
+        to run ``arbup db upgrade``, so that one deliberate step migrates the
+        shared database and processes of different versions never race to do it.
+        """
+        if self.backend == "sqlite":
+            result = self.create_schema()
+            return result.after
+        found = self.schema_state()
+        if found.at_head:
+            return found
+        if not found.known:
+            advice = "run the arbup that migrated it, or a newer one"
+        else:
+            advice = "run `arbup db upgrade` with the same ARBUP_DB_URL first"
+        raise SchemaNotCurrent(
+            f"the records store at {self.display_url} is {found.describe()}; {advice}"
+        )
 
     def dispose(self) -> None:
         self._engine.dispose()
@@ -152,6 +219,37 @@ class RecordsStore:
     def _read(self) -> Iterator[Connection]:
         with self._engine.connect() as conn, conn.begin():
             yield conn
+
+    @contextmanager
+    def _migrating(self) -> Iterator[Connection]:
+        """One transaction for a migration, which only one process runs at a time."""
+        with self._engine.connect() as conn:
+            if self.backend == "sqlite":
+                # Off while tables are copied by batch operations, or dropping the
+                # old copy would cascade its deletes; checked again before commit.
+                # (The pragma has no effect inside a transaction, so it is set on
+                # the driver's connection, which autocommits, before BEGIN.)
+                conn.connection.dbapi_connection.execute("PRAGMA foreign_keys = OFF")
+            try:
+                conn.execution_options(arbup_write=True)
+                with conn.begin():
+                    if self.backend == "postgresql":
+                        conn.execute(
+                            select(func.pg_advisory_xact_lock(_MIGRATION_LOCK_KEY))
+                        )
+                    yield conn
+                    if self.backend == "sqlite":
+                        broken = conn.exec_driver_sql("PRAGMA foreign_key_check").all()
+                        if broken:
+                            raise RecordsError(
+                                "the migration left rows whose foreign keys point "
+                                f"nowhere: {broken[:5]}; nothing was changed"
+                            )
+            finally:
+                if self.backend == "sqlite" and not conn.invalidated:
+                    conn.connection.dbapi_connection.execute(
+                        "PRAGMA foreign_keys = ON"
+                    )
 
     @contextmanager
     def _write(self) -> Iterator[Connection]:
@@ -580,6 +678,17 @@ class RecordsStore:
 # -- engines --------------------------------------------------------------------------
 
 
+def url_from_env() -> str:
+    """ARBUP_DB_URL, or the SQLite file ``arbup.db`` in ARBUP_STATE_DIR (default
+    ./.arbup; the folder is created)."""
+    url = os.environ.get("ARBUP_DB_URL")
+    if not url:
+        state_dir = Path(os.environ.get("ARBUP_STATE_DIR") or ".arbup")
+        state_dir.mkdir(parents=True, exist_ok=True)
+        url = f"sqlite:///{(state_dir / 'arbup.db').resolve()}"
+    return url
+
+
 def _sqlite_engine(url) -> Engine:
     engine = create_engine(url, connect_args={"timeout": _SQLITE_BUSY_TIMEOUT_S})
 
@@ -589,8 +698,8 @@ def _sqlite_engine(url) -> Engine:
         dbapi_connection.isolation_level = None
         cursor = dbapi_connection.cursor()
         cursor.execute("PRAGMA foreign_keys = ON")
-        cursor.execute("PRAGMA journal_mode = WAL")
         cursor.execute(f"PRAGMA busy_timeout = {_SQLITE_BUSY_TIMEOUT_S * 1000}")
+        _use_wal(cursor)
         cursor.close()
 
     @event.listens_for(engine, "begin")
@@ -606,6 +715,22 @@ def _sqlite_engine(url) -> Engine:
 
 
 # -- helpers --------------------------------------------------------------------------
+
+
+def _use_wal(cursor) -> None:
+    """Switch a SQLite file to WAL. Several processes opening a new file at once
+    race for the switch, and SQLite answers the losers "database is locked" at
+    once, without its busy timeout: they try again until the winner is done."""
+    deadline = time.monotonic() + _SQLITE_BUSY_TIMEOUT_S
+    while True:
+        try:
+            if cursor.execute("PRAGMA journal_mode").fetchone()[0].lower() != "wal":
+                cursor.execute("PRAGMA journal_mode = WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.02)
 
 
 def _aware(value: datetime | None, what: str) -> None:

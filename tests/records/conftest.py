@@ -62,6 +62,7 @@ def store(request, tmp_path):
         records = RecordsStore(PG_URL, schema=request.getfixturevalue("pg_schema"))
         with records.engine.begin() as conn:
             metadata.drop_all(conn)
+            conn.execute(text("DROP TABLE IF EXISTS alembic_version"))
     records.create_schema()
     yield records
     records.dispose()
