@@ -3,7 +3,9 @@
 ``create_app(store, iam, client=... | connect=..., settings=...)`` builds it around a
 records store, the users' store and a Temporal client (or a coroutine function that
 connects one when first needed). Paths, bodies and envelopes follow OCP's API v2;
-the OpenAPI document is at ``/openapi.json`` and rendered at ``/docs``.
+the OpenAPI document is at ``/openapi.json`` and rendered at ``/docs``. Health,
+readiness and request metrics are at ``/healthz``, ``/readyz`` and ``/metrics``
+(``api.routes.ops``).
 """
 
 from __future__ import annotations
@@ -18,8 +20,9 @@ from api import errors, openapi
 from api.deps import Temporal
 from api.envelope import default_server_name
 from api.middleware import Gate
-from api.routes import ROUTERS
+from api.routes import ROUTERS, ops
 from arbup.inputs import TASK_QUEUE, UpgradeOptions
+from arbup.metrics import ApiMetrics
 from arbup.records import RecordsStore
 from arbup.records.iam import IamStore
 
@@ -63,14 +66,17 @@ def create_app(
     app.state.iam = iam
     app.state.temporal = Temporal(client, connect)
     app.state.settings = settings
+    app.state.metrics = ApiMetrics()
     errors.install(app)
-    for router in ROUTERS:
+    for router in (*ROUTERS, ops.router):
         app.include_router(router)
     app.add_middleware(
         Gate,
         iam=iam,
         server_name=settings.server_name,
         max_body_bytes=settings.max_body_bytes,
+        metrics=app.state.metrics,
+        routes=[route for router in (*ROUTERS, ops.router) for route in router.routes],
     )
     openapi.install(app)
     return app

@@ -6,20 +6,27 @@ reading it); for paths
 under ``/api/``, authenticate (401) and put the principal in the request's state;
 then hand the request, its body replayed, to the application. Every response gets
 the ``X-Trace-Id`` header, and one access-log line (method, path, status,
-duration, trace id, user: never a header, a query value or a body).
+duration, trace id, user: never a header, a query value or a body), and is counted
+in the request metrics by method, route template and status. Every line logged
+while the request is handled carries its trace id.
 """
 
 from __future__ import annotations
 
 import logging
+import time
+from collections.abc import Sequence
 from typing import Any
 
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import MutableHeaders
+from starlette.routing import BaseRoute, Match
 
 from api.auth import authenticate
 from api.envelope import TRACE_HEADER, Trace
-from api.errors import ApiError, error_response
+from api.errors import ApiError, _unreachable, error_response
+from arbup.logs import bind, unbind
+from arbup.metrics import ApiMetrics
 from arbup.records.iam import IamStore
 
 access_log = logging.getLogger("arbup.api.access")
@@ -30,11 +37,23 @@ DRAIN_LIMIT = 16 * 1024 * 1024
 
 
 class Gate:
-    def __init__(self, app, *, iam: IamStore, server_name: str, max_body_bytes: int):
+    def __init__(
+        self,
+        app,
+        *,
+        iam: IamStore,
+        server_name: str,
+        max_body_bytes: int,
+        metrics: ApiMetrics | None = None,
+        routes: Sequence[BaseRoute] = (),
+    ):
         self.app = app
         self.iam = iam
         self.server_name = server_name
         self.max_body_bytes = max_body_bytes
+        self.metrics = metrics
+        # The application's routes, to name the route of a request refused here.
+        self.routes = routes
 
     async def __call__(self, scope, receive, send) -> None:
         if scope["type"] != "http":
@@ -47,6 +66,7 @@ class Gate:
         lowered = {name.lower(): value for name, value in headers}
         trace = Trace.for_headers(lowered)
         scope.setdefault("state", {})["trace"] = trace
+        context = bind(trace_id=trace.trace_id)
         sent: dict[str, Any] = {"status": None}
 
         async def send_traced(message) -> None:
@@ -87,16 +107,38 @@ class Gate:
                 return await receive()
 
             await self.app(scope, replay, send_traced)
+        except Exception as unexpected:
+            if sent["status"] is None:
+                # What the application's outermost error handler answers for it.
+                sent["status"] = 503 if _unreachable(unexpected) else 500
+            raise
         finally:
+            path = _printable(scope["path"])
+            elapsed_ms = trace.elapsed_ms()
             access_log.info(
                 "%s %s %s %dms trace=%s user=%s",
                 scope["method"],
-                _printable(scope["path"]),
+                path,
                 sent["status"] if sent["status"] is not None else "-",
-                trace.elapsed_ms(),
+                elapsed_ms,
                 trace.trace_id,
                 trace.user or "-",
+                extra={
+                    "method": scope["method"],
+                    "path": path,
+                    "status": sent["status"],
+                    "duration_ms": elapsed_ms,
+                    "user": trace.user,
+                },
             )
+            if self.metrics is not None:
+                self.metrics.observe(
+                    scope["method"],
+                    _route_template(scope, self.routes),
+                    sent["status"],
+                    time.monotonic() - trace.started,
+                )
+            unbind(context)
 
     async def _read_body(self, headers: dict[str, str], receive) -> bytes:
         declared = headers.get("content-length")
@@ -143,6 +185,22 @@ def _raw_path(scope) -> str:
     if raw:
         return raw.decode("latin-1").split("?", 1)[0]
     return scope["path"]
+
+
+def _route_template(scope, routes: Sequence[BaseRoute]) -> str | None:
+    """The path template of the route (``/api/v2/tasks/instances/{id}``), so that
+    metrics have one series per route, not one per id: the route that answered,
+    or, for a request refused here, the one its path is for; None if no route has
+    the path."""
+    route = scope.get("route")
+    if route is None:
+        matches = {Match.FULL: None, Match.PARTIAL: None}
+        for candidate in routes:
+            match = candidate.matches(scope)[0]
+            if match in matches and matches[match] is None:
+                matches[match] = candidate
+        route = matches[Match.FULL] or matches[Match.PARTIAL]
+    return getattr(route, "path", None)
 
 
 def _printable(text: str) -> str:

@@ -30,7 +30,7 @@ from api.deps import (
     not_permitted,
     storable,
 )
-from api.envelope import ok, page
+from api.envelope import ok, page, trace_of
 from api.errors import ApiError
 from api.openapi import errors
 from api.schemas import (
@@ -127,6 +127,7 @@ async def upgrade_group(
         options=settings.options,
         task_queue=settings.task_queue,
         search_attributes=settings.search_attributes,
+        trace_id=trace_of(request).trace_id,
     )
     return ok(request, started.task.to_ocp())
 
