@@ -15,7 +15,14 @@ from pathlib import Path
 from temporalio import activity
 
 from activities import facts
-from activities.ssh import HostSession, SshSettings, open_session, q, step_error
+from activities.ssh import (
+    ConnectionPool,
+    HostSession,
+    SshSettings,
+    open_session,
+    q,
+    step_error,
+)
 from arbup.errors import ErrorKind
 from arbup.inputs import HostStepInput, PrepareResult, StepResult
 from arbup.models import ArbitrationService
@@ -59,8 +66,9 @@ def as_run_user(service: ArbitrationService, command: str) -> str:
 class HostSteps:
     """Activities that act on hosts over SSH."""
 
-    def __init__(self, settings: SshSettings):
+    def __init__(self, settings: SshSettings, pool: ConnectionPool | None = None):
         self.settings = settings
+        self.pool = pool if pool is not None else ConnectionPool()
 
     @asynccontextmanager
     async def _session(self, inp: HostStepInput, step: str) -> AsyncIterator[HostSession]:
@@ -74,7 +82,7 @@ class HostSteps:
             activity.info().attempt,
         )
         async with heartbeating(progress):
-            async with open_session(inp.service, self.settings, log) as session:
+            async with open_session(inp.service, self.settings, log, self.pool) as session:
                 yield session
 
     @activity.defn(name="prepare_service")

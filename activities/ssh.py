@@ -1,5 +1,6 @@
-"""How the worker talks to a host: one verified, kept-alive SSH connection per host
-and activity, commands whose outcome is never guessed, and a log of what ran.
+"""How the worker talks to a host: verified, kept-alive SSH connections, reused by
+the activities that follow on the same host, commands whose outcome is never
+guessed, and a log of what ran.
 
 Credentials never travel through workflow inputs: a service names its credential
 (``ssh_credential``) and the worker finds the private key under its own key
@@ -13,7 +14,7 @@ import asyncio
 import os
 import shlex
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -90,11 +91,41 @@ class HostSession:
     """An open SSH connection to one service's host, with the activity's log."""
 
     def __init__(
-        self, conn: asyncssh.SSHClientConnection, service: ArbitrationService, log: list[str]
+        self,
+        conn: asyncssh.SSHClientConnection,
+        service: ArbitrationService,
+        log: list[str],
+        opened: float | None = None,
     ):
         self._conn = conn
         self.service = service
         self.log = log
+        self.opened = time.monotonic() if opened is None else opened
+        # Set for a connection taken from the pool, until its first channel opens:
+        # how to connect afresh if the server closed it while it was idle.
+        self.reconnect: Callable[[], Awaitable[asyncssh.SSHClientConnection]] | None = None
+
+    async def _fresh_if_stale(self, exc: Exception) -> bool:
+        """After a pooled connection refused to open its first channel (nothing ran
+        on the host), replace it with a new one; False when that does not apply."""
+        if self.reconnect is None or not isinstance(exc, asyncssh.ChannelOpenError):
+            return False
+        reconnect, self.reconnect = self.reconnect, None
+        self.note(f"pooled connection to {self.label} was closed ({exc}); reconnecting")
+        self._conn.close()
+        self._conn = await reconnect()
+        self.opened = time.monotonic()
+        return True
+
+    async def _run_once(self, command: str, timeout: float):
+        try:
+            return await self._conn.run(command, check=False, timeout=timeout)
+        except asyncssh.ChannelOpenError as exc:
+            if not await self._fresh_if_stale(exc):
+                raise
+            return await self._conn.run(command, check=False, timeout=timeout)
+        finally:
+            self.reconnect = None
 
     @property
     def label(self) -> str:
@@ -113,7 +144,7 @@ class HostSession:
         """
         started = time.monotonic()
         try:
-            done = await self._conn.run(command, check=False, timeout=timeout)
+            done = await self._run_once(command, timeout)
         except asyncssh.TimeoutError as exc:
             self.note(f"$ {command} -> timed out after {timeout:.0f}s")
             raise step_error(
@@ -165,6 +196,7 @@ class HostSession:
             if progress:
                 progress(copied, total)
 
+        self.reconnect = None
         started = time.monotonic()
         try:
             async with self._conn.start_sftp_client() as sftp:
@@ -191,26 +223,12 @@ class HostSession:
         )
 
 
-@asynccontextmanager
-async def open_session(
-    service: ArbitrationService, settings: SshSettings, log: list[str]
-) -> AsyncIterator[HostSession]:
-    """Connect to ``service``'s host; the connection serves every command of the
-    activity and is closed when it ends."""
+async def _connect(
+    service: ArbitrationService, settings: SshSettings, key: Path, log: list[str]
+) -> asyncssh.SSHClientConnection:
     label = f"{service.host}:{service.ssh_port}"
     try:
-        key = settings.key_for(service.ssh_credential)
-    except FileNotFoundError:
-        log.append(f"no private key for credential {service.ssh_credential!r}")
-        raise step_error(
-            ErrorKind.CREDENTIAL_MISSING,
-            f"{label}: the worker has no key for credential "
-            f"{service.ssh_credential!r} in {settings.key_dir}",
-            log,
-        ) from None
-
-    try:
-        conn = await asyncssh.connect(
+        return await asyncssh.connect(
             service.host,
             port=service.ssh_port,
             username=service.ssh_user,
@@ -248,12 +266,168 @@ async def open_session(
             log,
         ) from exc
 
-    log.append(f"connected to {label} as {service.ssh_user}")
+
+def _fingerprint(path: Path) -> tuple[str, int, int]:
+    """What identifies a file's content for the pool: a rotated key or an edited
+    known_hosts makes the connections opened with the old one unusable."""
     try:
-        yield HostSession(conn, service, log)
+        stat = path.stat()
+    except OSError:
+        return (str(path), -1, -1)
+    return (str(path), stat.st_mtime_ns, stat.st_size)
+
+
+@dataclass
+class _Idle:
+    conn: asyncssh.SSHClientConnection
+    opened: float
+    returned: float
+
+
+class ConnectionPool:
+    """Verified connections kept open between the activities of one worker.
+
+    The steps of an upgrade reach the same host one after another (prepare, stop,
+    install, start, seconds apart); connecting and authenticating anew each time
+    costs more than most of the commands. A connection goes back to the pool only
+    when the activity that used it ended without error; it is dropped when it has
+    been idle ``idle_seconds``, is older than ``max_age_seconds``, has closed, or
+    when the key or known_hosts file changed. Host keys are verified at connect time
+    exactly as without the pool.
+    """
+
+    def __init__(self, idle_seconds: float = 60.0, max_age_seconds: float = 600.0):
+        self.idle_seconds = idle_seconds
+        self.max_age_seconds = max_age_seconds
+        self._idle: dict[tuple, list[_Idle]] = {}
+        self._reaper: asyncio.Task | None = None
+        self.opened = 0
+        self.reused = 0
+
+    @staticmethod
+    def key(service: ArbitrationService, settings: SshSettings, key: Path) -> tuple:
+        return (
+            service.host,
+            service.ssh_port,
+            service.ssh_user,
+            _fingerprint(key),
+            _fingerprint(settings.known_hosts),
+        )
+
+    def _usable(self, idle: _Idle, now: float) -> bool:
+        return (
+            not idle.conn.is_closed()
+            and now - idle.returned < self.idle_seconds
+            and now - idle.opened < self.max_age_seconds
+        )
+
+    def take(self, key: tuple) -> _Idle | None:
+        """An idle, still usable connection for ``key``, if there is one."""
+        now = time.monotonic()
+        idle = self._idle.get(key, [])
+        while idle:
+            candidate = idle.pop()
+            if self._usable(candidate, now):
+                self.reused += 1
+                return candidate
+            candidate.conn.close()
+        return None
+
+    def give_back(self, key: tuple, conn: asyncssh.SSHClientConnection, opened: float) -> None:
+        now = time.monotonic()
+        entry = _Idle(conn, opened, now)
+        if not self._usable(entry, now):
+            conn.close()
+            return
+        self._idle.setdefault(key, []).append(entry)
+        if self._reaper is None or self._reaper.done():
+            self._reaper = asyncio.create_task(self._reap())
+
+    async def _reap(self) -> None:
+        while any(self._idle.values()):
+            await asyncio.sleep(min(self.idle_seconds, 5.0))
+            now = time.monotonic()
+            for key, idle in list(self._idle.items()):
+                keep = [i for i in idle if self._usable(i, now)]
+                for gone in idle:
+                    if gone not in keep:
+                        gone.conn.close()
+                if keep:
+                    self._idle[key] = keep
+                else:
+                    del self._idle[key]
+
+    @property
+    def idle_count(self) -> int:
+        return sum(len(v) for v in self._idle.values())
+
+    async def close(self) -> None:
+        """Close every idle connection (at worker shutdown)."""
+        if self._reaper is not None:
+            self._reaper.cancel()
+        idle = [i for v in self._idle.values() for i in v]
+        self._idle.clear()
+        for entry in idle:
+            entry.conn.close()
+        for entry in idle:
+            await entry.conn.wait_closed()
+
+
+@asynccontextmanager
+async def open_session(
+    service: ArbitrationService,
+    settings: SshSettings,
+    log: list[str],
+    pool: ConnectionPool | None = None,
+) -> AsyncIterator[HostSession]:
+    """Connect to ``service``'s host, or take a verified connection to it from
+    ``pool``; the connection serves every command of the activity. It goes back to
+    the pool when the activity ends without error, and is closed otherwise."""
+    label = f"{service.host}:{service.ssh_port}"
+    try:
+        key = settings.key_for(service.ssh_credential)
+    except FileNotFoundError:
+        log.append(f"no private key for credential {service.ssh_credential!r}")
+        raise step_error(
+            ErrorKind.CREDENTIAL_MISSING,
+            f"{label}: the worker has no key for credential "
+            f"{service.ssh_credential!r} in {settings.key_dir}",
+            log,
+        ) from None
+
+    pool_key = ConnectionPool.key(service, settings, key) if pool else None
+    idle = pool.take(pool_key) if pool else None
+    if idle is not None:
+        conn, opened = idle.conn, idle.opened
+        log.append(
+            f"reusing the connection to {label} as {service.ssh_user} "
+            f"(verified {time.monotonic() - opened:.0f}s ago)"
+        )
+    else:
+        conn, opened = await _connect(service, settings, key, log), time.monotonic()
+        if pool:
+            pool.opened += 1
+        log.append(f"connected to {label} as {service.ssh_user}")
+
+    session = HostSession(conn, service, log, opened=opened)
+    if idle is not None:
+
+        async def reconnect() -> asyncssh.SSHClientConnection:
+            pool.opened += 1
+            return await _connect(service, settings, key, log)
+
+        session.reconnect = reconnect
+    clean = False
+    try:
+        yield session
+        clean = True
     finally:
-        conn.close()
-        await conn.wait_closed()
+        conn = session._conn
+        if clean and pool is not None and not conn.is_closed():
+            pool.give_back(pool_key, conn, session.opened)
+        else:
+            conn.close()
+            await conn.wait_closed()
 
 
 def q(value: object) -> str:

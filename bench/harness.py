@@ -299,8 +299,8 @@ def run_transfer(cfg: Config, runner: Runner, sampler: sysinfo.LoadSampler) -> d
     for n in cfg.transfer_sizes:
         hosts = runner.pool.hosts[:n]
         for rep in range(cfg.transfer_repeats_by_n.get(n, cfg.repeats)):
-            tools = ("product", "product-aes", "scp")
-            for tool in tools[rep % 3:] + tools[:rep % 3]:
+            tools = ("product", "scp")
+            for tool in tools[rep % 2:] + tools[:rep % 2]:
                 for h in hosts:
                     shutil.rmtree(h.root / "tmp" / "arbup-staging", ignore_errors=True)
                     (h.root / "tmp" / "arbup-staging").mkdir()
@@ -310,7 +310,7 @@ def run_transfer(cfg: Config, runner: Runner, sampler: sysinfo.LoadSampler) -> d
                           "load1_before": round(load, 2)}
                 try:
                     if tool.startswith("product"):
-                        spec = {"aes_gcm_first": tool == "product-aes","hosts": [{"ip": h.ip, "port": h.ssh_port} for h in hosts],
+                        spec = {"hosts": [{"ip": h.ip, "port": h.ssh_port} for h in hosts],
                                 "credential": H.CREDENTIAL, "key_dir": str(runner.pool.key_dir),
                                 "known_hosts": str(runner.pool.known_hosts), "local": str(big),
                                 "remote": remote, "remote_dir": remote_dir, "sha256": digest}

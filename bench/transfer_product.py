@@ -2,14 +2,6 @@
 ``HostSession.upload`` (the SFTP put that the prepare step's ``stage_package``
 does), to every host at once. Optionally the sha256 check that follows it.
 
-With ``"aes_gcm_first": true``, connections offer AES-GCM first (the second
-recommended change), likewise simulated.
-
-With ``"fixed_block_size": true`` in the spec, SFTP writes are kept within the
-server's limit (asyncssh's default block size, the server's ``limits@openssh.com``
-max write length) instead of the product's fixed 256 KiB: the change recommended
-in docs/benchmarks.md, simulated here without touching the product, to measure it.
-
 Usage (PYTHONPATH naming the product tree):
     python -m bench.transfer_product SPEC.json OUT.json
 """
@@ -51,50 +43,7 @@ async def one(host: dict, spec: dict, settings: SshSettings) -> dict:
     return times
 
 
-def keep_writes_within_server_limit() -> None:
-    """Make SFTPClient.put ignore a block size above the server's max write length."""
-    import asyncssh
-
-    original = asyncssh.SFTPClient.put
-
-    async def put(self, *args, block_size=-1, **kwargs):
-        limit = self.limits.max_write_len if getattr(self, "limits", None) else 0
-        if limit and block_size is not None and block_size > limit:
-            block_size = -1
-        return await original(self, *args, block_size=block_size, **kwargs)
-
-    asyncssh.SFTPClient.put = put
-
-
-AES_GCM_FIRST = [
-    "aes128-gcm@openssh.com",
-    "aes256-gcm@openssh.com",
-    "chacha20-poly1305@openssh.com",
-    "aes128-ctr",
-    "aes192-ctr",
-    "aes256-ctr",
-]
-
-
-def prefer_aes_gcm() -> None:
-    """Make asyncssh.connect offer AES-GCM before ChaCha20-Poly1305 (asyncssh's first
-    choice, much slower in asyncssh than AES-GCM on a CPU with AES instructions)."""
-    import asyncssh
-
-    original = asyncssh.connect
-
-    def connect(*args, **kwargs):
-        kwargs.setdefault("encryption_algs", AES_GCM_FIRST)
-        return original(*args, **kwargs)
-
-    asyncssh.connect = connect
-
-
 async def main_async(spec: dict) -> dict:
-    if spec.get("fixed_block_size"):
-        keep_writes_within_server_limit()
-    if spec.get("aes_gcm_first"):
-        prefer_aes_gcm()
     settings = SshSettings(known_hosts=Path(spec["known_hosts"]), key_dir=Path(spec["key_dir"]))
     started = time.time()
     results = await asyncio.gather(*(one(h, spec, settings) for h in spec["hosts"]))

@@ -155,9 +155,9 @@ async def test_failed_install_retried_after_the_cause_is_removed(client, stack):
     await save_history(handle, "decision_retry")
 
     assert result["status"] == "SUCCESSFUL"
-    retried = next(s for s in result["subtasks"] if s["id"] == failed.id)
-    assert retried["runTime"] == 2
-    assert retried["operation"] == "RETRY"
+    retried = next(s for s in stack.store.get_task(task_id).subtasks if s.id == failed.id)
+    assert retried.run_time == 2
+    assert retried.operation == Operation.RETRY
     assert_hosts_run(stack, [TARGET, TARGET])
     assert_records(stack, [TARGET, TARGET], TARGET)
 
@@ -198,8 +198,11 @@ async def test_a_service_that_dies_after_starting_fails_its_start(client, stack,
     result = await handle.result()
     await save_history(handle, "decision_skip")
     assert result["status"] == "SUCCESSFUL"
-    skipped = next(s for s in result["subtasks"] if s["id"] == start_step[1].id)
-    assert skipped["status"] == "SUCCESSFUL" and skipped["operation"] == "SKIP"
+    skipped = next(
+        s for s in stack.store.get_task(task_id).subtasks if s.id == start_step[1].id
+    )
+    assert skipped.status == SubtaskStatus.SUCCESSFUL
+    assert skipped.operation == Operation.SKIP
     assert stack.hosts[0].running_version() == TARGET
     assert stack.hosts[1].installed_version() == TARGET
 

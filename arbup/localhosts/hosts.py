@@ -481,7 +481,8 @@ class LocalHost:
         self._start_sshd(holder)
 
     def stop_sshd(self) -> None:
-        """Stop only sshd (the host becomes unreachable; its services keep running)."""
+        """Stop sshd and drop its open sessions: the host becomes unreachable, as
+        when its network goes away, while its services keep running."""
         pid = self._sshd_pid()
         if pid is None:
             return
@@ -489,6 +490,25 @@ class LocalHost:
         if not _wait(lambda: not _alive(pid), 10):
             raise LocalHostError(f"{self.name}: sshd {pid} did not stop")
         (self.ssh_dir / "sshd.pid").unlink(missing_ok=True)
+        for session in self._sshd_sessions():
+            try:
+                os.kill(session, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+    def _sshd_sessions(self) -> list[int]:
+        """The processes serving open SSH connections (not the listener)."""
+        sessions = []
+        for pid in self.processes():
+            try:
+                cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+            except OSError:
+                continue
+            if b"[listener]" in cmdline or pid == self._sshd_pid():
+                continue
+            if cmdline.startswith(b"sshd: ") or cmdline.startswith(b"sshd-session"):
+                sessions.append(pid)
+        return sessions
 
     def start_sshd(self) -> None:
         """Start sshd again in the host's existing namespace."""
