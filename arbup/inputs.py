@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from pydantic import BaseModel, field_validator
+from pydantic import BaseModel, Field, field_validator
 
 from arbup.models import (
     check_abs_path,
@@ -32,6 +32,19 @@ def workflow_id_for(group_id: int, task_id: int | str) -> str:
     return f"arbup-group-{group_id}-task-{task_id}"
 
 
+# A service's network zone (ArbitrationService.zone) chooses the workers that run its
+# host steps. Those of the default zone run where UpgradeOptions.host_task_queue
+# says, else on the workflow's own task queue; every other zone has a task queue of
+# its own, polled by ``arbup-worker --zone NAME`` near that zone's hosts.
+DEFAULT_ZONE = "default"
+
+
+def zone_task_queue(zone: str, base: str = TASK_QUEUE) -> str:
+    """The task queue of the host steps of ``zone``, for upgrades that run on the task
+    queue ``base``: ``zone_task_queue("z1") == "arbup-upgrades-zone-z1"``."""
+    return f"{base}-zone-{zone}"
+
+
 class UpgradeOptions(BaseModel):
     """Knobs of one upgrade, fixed when it starts."""
 
@@ -48,8 +61,13 @@ class UpgradeOptions(BaseModel):
     max_attempts: int = 3
     # How long an activity may go without a heartbeat before another worker takes it.
     heartbeat_timeout_seconds: float = 10.0
-    # The task queue of the workers that can reach the hosts.
+    # The task queue of the workers that can reach the hosts of the default zone
+    # (services in another zone go to zone_task_queue(zone)).
     host_task_queue: str | None = None
+    # How long a host step on a queue other than the workflow's own (a zone's, or
+    # host_task_queue) may wait for a worker to take it before its subtask fails,
+    # naming the zone and its task queue; None waits without limit.
+    host_schedule_to_start_seconds: float | None = Field(default=300.0, gt=0)
     # Roll back by itself when a subtask fails (where a rollback is allowed).
     auto_rollback: bool = False
     # Roll back by itself when no decision came this long after a failure.

@@ -20,7 +20,9 @@ Operators write it by hand in TOML::
 Package paths are relative to the inventory file's folder (or absolute); the package's
 name, full version, OS and arch come from its file name, its size and sha256 from its
 content. A service belongs to the group it is written under and, unless it says
-otherwise, runs the group's version.
+otherwise, runs the group's version. A service's ``zone`` (a name such as
+``zone = "dc2"``; ``"default"`` if omitted) is the network zone whose workers reach
+its host: its host steps go to that zone's task queue (see ``arbup.inputs``).
 
 ``load_inventory_file`` checks the whole file and reports every problem it finds at
 once, each prefixed with where it is (``groups[0].services[1].svr_port: ...``). It only

@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 
 from arbup.graph import LAYERS
+from arbup.inputs import DEFAULT_ZONE
 from arbup.models import ArbitrationService, SubtaskState, SubtaskStatus, TaskState
 
 PHASES = (
@@ -105,11 +106,12 @@ def subtask_lines(task: TaskState, services: dict[int, ArbitrationService]) -> l
     lines = [f"{'id':>6}  {'status':<10} {'op':<8} run  subtask"]
     depth = _depths(task)
     for subtask in sorted(task.subtasks, key=lambda s: (depth[s.id], s.parallel_idx)):
-        where = (
-            f" on {services[subtask.service_id].address}"
-            if subtask.service_id in services
-            else ""
-        )
+        where = ""
+        if subtask.service_id in services:
+            service = services[subtask.service_id]
+            where = f" on {service.address}"
+            if service.zone != DEFAULT_ZONE:
+                where += f" (zone {service.zone})"
         lines.append(
             f"{subtask.id:>6}  {subtask.status.value:<10} {subtask.operation.value:<8} "
             f"{subtask.run_time:>3}  {subtask.name}{where}"
