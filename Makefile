@@ -32,6 +32,19 @@ bench: setup
 	$(VENV)/bin/pip install -q -e '.[bench]'
 	$(VENV)/bin/python -m bench
 
+# docs/web-ui-workflow.png and docs/web-ui-timeline.png: the Web UI browser test
+# (tests/ui) on a fresh upgrade of two local hosts on the demo's addresses, which
+# must be free (`make down` first). docs/ is only updated if the test passes.
+.PHONY: screenshots
+screenshots: setup
+	@$(VENV)/bin/python -c 'import socket, sys; s = socket.socket(); s.settimeout(1); \
+	  sys.exit("screenshots: 127.0.1.1:2222 is in use (the demo?); make down first" \
+	  if s.connect_ex(("127.0.1.1", 2222)) == 0 else 0)'
+	@out=$$(mktemp -d) && \
+	  ARBUP_ARTIFACTS=$$out ARBUP_TEST_NET=127.0.1 $(PYTEST) -ra tests/ui && \
+	  cp $$out/web-ui-workflow.png $$out/web-ui-timeline.png docs/ && rm -rf $$out && \
+	  echo "screenshots: docs/web-ui-workflow.png docs/web-ui-timeline.png"
+
 record-histories: setup
 	ARBUP_RECORD_HISTORIES=1 $(PYTEST) -ra tests/test_replay.py -k record
 

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what arbup's demo and tests need on a fresh Debian or Ubuntu machine:
-# OpenSSH's server (the local hosts), rpm and rpmbuild (the real packages), and the
-# Python virtualenv with the project and its test dependencies.
+# OpenSSH's server (the local hosts), rpm and rpmbuild (the real packages), Chromium
+# (the Web UI test drives it headless), and the Python virtualenv with the project
+# and its test dependencies.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -14,6 +15,7 @@ command -v ssh-keygen >/dev/null || need_apt+=(openssh-client)
 command -v rpmbuild >/dev/null || need_apt+=(rpm)
 command -v nsenter >/dev/null || need_apt+=(util-linux)
 command -v ps >/dev/null || need_apt+=(procps)
+[[ -x /usr/bin/chromium ]] || need_apt+=(chromium)   # the Web UI browser test
 if ((${#need_apt[@]})); then
   if [[ $(id -u) -ne 0 ]]; then
     echo "bootstrap: ${need_apt[*]} missing; run as root or install them" >&2
