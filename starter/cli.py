@@ -20,7 +20,7 @@ from arbup.inputs import TASK_QUEUE, UpgradeOptions
 from arbup.models import Operation, TaskState, TaskStatus
 from arbup.records import RecordsError, RecordsStore
 from arbup.temporal import connect
-from starter import cli_admin
+from starter import cli_admin, cli_db
 from starter import progress
 from starter.service import (
     UpgradeRefused,
@@ -50,9 +50,19 @@ def record_id(text: str) -> int:
     return value
 
 
+def positive_seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"{text} is not a positive number of seconds")
+    return value
+
+
 def _store() -> RecordsStore:
     store = RecordsStore.from_env()
-    store.create_schema()
+    store.ensure_schema()  # SQLite migrates itself; PostgreSQL needs `arbup db upgrade`
     return store
 
 
@@ -74,6 +84,8 @@ async def cmd_upgrade(args: argparse.Namespace) -> int:
     }
     if args.staging_dir:
         chosen["staging_dir"] = args.staging_dir
+    if args.host_wait:
+        chosen["host_schedule_to_start_seconds"] = args.host_wait
     try:
         options = UpgradeOptions(**chosen)
     except ValidationError as invalid:
@@ -280,7 +292,8 @@ async def cmd_group_show(args: argparse.Namespace) -> int:
           + (f" (task {group.active_task_id} running)" if group.active_task_id else ""))
     for s in group.services:
         print(f"  service {s.id}  {s.address:<21} ssh {s.ssh_user}@{s.host}:{s.ssh_port}  "
-              f"{s.version}  {s.status.value}  {s.operating_system}/{s.arch}  {s.install_path}")
+              f"{s.version}  {s.status.value}  {s.operating_system}/{s.arch}  {s.install_path}  "
+              f"zone {s.zone}")
     return 0
 
 
@@ -334,6 +347,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--prohibit-skip", action="append", metavar="STEP",
                    choices=["prepare", "stop", "install", "start"],
                    help="a step that may not be skipped (repeatable)")
+    p.add_argument("--host-wait", type=positive_seconds, metavar="SECONDS",
+                   help="how long a host step waits for a worker of its zone before "
+                   "its subtask fails (default 300)")
     p.set_defaults(run=cmd_upgrade)
 
     task = sub.add_parser("task", help="inspect and steer upgrade tasks").add_subparsers(
@@ -399,6 +415,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     localstack.add_parser(sub)
     cli_admin.add_parsers(sub)
+    cli_db.add_parsers(sub)
     return parser
 
 

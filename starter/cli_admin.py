@@ -13,7 +13,6 @@ import argparse
 import getpass
 import ipaddress
 import json
-import logging
 import socket
 import sys
 
@@ -35,7 +34,7 @@ EXIT_REFUSED = 2
 
 def _iam(*, master_key: bool = False) -> IamStore:
     store = RecordsStore.from_env()
-    store.create_schema()
+    store.ensure_schema()
     key = MasterKey.load_or_create(default_master_key_path()) if master_key else None
     return IamStore(store, key)
 
@@ -65,14 +64,12 @@ async def cmd_api(args: argparse.Namespace) -> int:
     import uvicorn
 
     from api import ApiSettings, create_app
+    from arbup.logs import configure_logging
     from arbup.temporal import connect
 
-    logging.basicConfig(
-        level=getattr(logging, args.log_level.upper()),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    configure_logging(level=args.log_level)  # format: $ARBUP_LOG_FORMAT (json)
     store = RecordsStore.from_env()
-    store.create_schema()
+    store.ensure_schema()
     # The secret access keys are derived from; made here if this is the first use,
     # so keys created later with `arbup key create` work without a restart.
     master_key = MasterKey.load_or_create(default_master_key_path())
@@ -92,6 +89,7 @@ async def cmd_api(args: argparse.Namespace) -> int:
         port=args.port,
         access_log=False,  # the API logs its own line per request, with the trace id
         log_level=args.log_level,
+        log_config=None,  # uvicorn's lines go through the handler above, same format
         server_header=False,
         proxy_headers=False,
     )

@@ -11,6 +11,7 @@ nothing.
 from __future__ import annotations
 
 import getpass
+import logging
 import os
 import socket
 from dataclasses import dataclass
@@ -30,12 +31,15 @@ from arbup.inputs import (
     UpgradeOptions,
     workflow_id_for,
 )
+from arbup.logs import new_trace_id
 from arbup.models import ArbitrationGroup, GroupStatus, Package, TaskState, TaskStatus
 from arbup.records import GroupBusy, RecordsStore
 from arbup.temporal import GROUP_ID, TARGET_VERSION, TASK_ID, TASK_STATUS
 from arbup.versions import FullVersion, VersionError, check_os_tag
 
 QUERY_TIMEOUT = timedelta(seconds=5)
+
+log = logging.getLogger("arbup.service")
 
 
 class UpgradeRefused(Exception):
@@ -136,8 +140,13 @@ async def start_upgrade(
     options: UpgradeOptions | None = None,
     task_queue: str = TASK_QUEUE,
     search_attributes: bool = True,
+    trace_id: str | None = None,
 ) -> StartedUpgrade:
+    """Validate, record the task and start its workflow. ``trace_id`` (the API
+    request's; a new one when not given) goes with the upgrade into every log line
+    of its workflow and activities."""
     group, packages = validate_request(store, group_id, full_version, operating_system)
+    trace_id = trace_id or new_trace_id()
     creator = creator or default_creator()
     executor = executor or default_executor()
     now = datetime.now(UTC)
@@ -173,6 +182,7 @@ async def start_upgrade(
         group_version=group.version,
         group_status=group.status,
         rollback_packages=_rollback_packages(store, group, operating_system),
+        trace_id=trace_id,
     )
     attributes = (
         TypedSearchAttributes(
@@ -206,6 +216,15 @@ async def start_upgrade(
         )
         store.release_group(group.id, task.id)
         raise
+    log.info(
+        "task %d started: upgrade group %d to %s (%s), workflow %s",
+        task.id,
+        group.id,
+        full_version,
+        operating_system,
+        handle.id,
+        extra={"task_id": task.id, "trace_id": trace_id, "workflow_id": handle.id},
+    )
     return StartedUpgrade(task, handle.id, handle.result_run_id)
 
 
@@ -255,15 +274,13 @@ async def _workflow_open(client: Client, workflow_id: str) -> bool:
 
 
 def _details(group: ArbitrationGroup, packages: dict[str, Package]) -> str:
-    lines = [
-        f"Group **{group.name}** (id {group.id}), now on {group.version}.",
-        "",
-        "| service | host | svrIp:svrPort | install path | arch |",
-        "|---|---|---|---|---|",
-    ]
+    """The workflow's static details: what is upgraded, where (a list: the Web UI
+    draws markdown tables without space between their cells)."""
+    lines = [f"Group **{group.name}** (id {group.id}), now on {group.version}.", ""]
     for s in group.services:
         lines.append(
-            f"| {s.id} | {s.host}:{s.ssh_port} | {s.address} | {s.install_path} | {s.arch} |"
+            f"- service {s.id}: `{s.address}`, SSH {s.ssh_user}@{s.host}:{s.ssh_port}, "
+            f"{s.install_path}, {s.arch}, zone {s.zone}"
         )
     lines.append("")
     for arch, package in packages.items():

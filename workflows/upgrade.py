@@ -27,7 +27,13 @@ from datetime import timedelta
 
 from temporalio import workflow
 from temporalio.common import RetryPolicy
-from temporalio.exceptions import ActivityError, ApplicationError, CancelledError
+from temporalio.exceptions import (
+    ActivityError,
+    ApplicationError,
+    CancelledError,
+    TimeoutType,
+    TimeoutError as TemporalTimeoutError,
+)
 from temporalio.workflow import ActivityCancellationType
 
 with workflow.unsafe.imports_passed_through():
@@ -48,6 +54,8 @@ with workflow.unsafe.imports_passed_through():
         plan_nodes,
     )
     from arbup.inputs import (
+        DEFAULT_ZONE,
+        TASK_QUEUE,
         WORKFLOW_NAME,
         FinishTaskInput,
         GroupStatusInput,
@@ -60,6 +68,7 @@ with workflow.unsafe.imports_passed_through():
         ServiceVersionInput,
         StepResult,
         UpgradeInput,
+        zone_task_queue,
     )
     from arbup.models import (
         ArbitrationService,
@@ -100,7 +109,19 @@ PROGRESS_STEPS = (
     UPDATE_SERVICE_VERSION,
     UPDATE_SERVICE_STATUS,
 )
+PROGRESS_LABELS = {
+    PREPARE.key: "prepare",
+    STOP.key: "stop",
+    INSTALL.key: "install",
+    START.key: "start",
+    UPDATE_SERVICE_VERSION.key: "version",
+    UPDATE_SERVICE_STATUS.key: "status",
+}
 RECORD_TIMEOUT = timedelta(seconds=30)
+# Estimated JSON bytes of a subtask without its log, and the most one save carries
+# (Temporal warns above 512 KiB per payload and fails a workflow task at 2 MiB).
+SUBTASK_BYTES = 600
+SAVE_BATCH_BYTES = 256 * 1024
 OPERATOR_DECISION = "an operator decision"
 
 # Error types of refused decisions; the API maps them to OCP's codes.
@@ -117,6 +138,21 @@ class Compensation:
     subtask_id: int
     layer: int
     done: bool = False
+
+
+def _batches(subtasks: list[SubtaskState], limit: int) -> list[list[SubtaskState]]:
+    """``subtasks`` in order, cut where a batch's estimated JSON size passes
+    ``limit`` bytes."""
+    batches: list[list[SubtaskState]] = []
+    size = limit
+    for subtask in subtasks:
+        cost = SUBTASK_BYTES + sum(len(line) + 4 for line in subtask.log)
+        if size + cost > limit and (size or not batches):
+            batches.append([])
+            size = 0
+        batches[-1].append(subtask)
+        size += cost
+    return batches
 
 
 def _refuse(kind: str, message: str) -> ApplicationError:
@@ -183,7 +219,27 @@ class UpgradeArbitrationGroup:
             )
         else:
             await self._finish(TaskStatus.SUCCESSFUL, "every service runs the target")
-        return self._task.to_ocp()
+        return self._outcome()
+
+    def _outcome(self) -> dict:
+        """The workflow's result: the task as OCP shows it, with a count of its
+        subtasks by status in place of the subtasks (``arbup task show`` has them),
+        so that the result stays small for any size of group."""
+        outcome = self._task.to_ocp()
+        counts: dict[str, int] = {}
+        for subtask in outcome.pop("subtasks"):
+            counts[subtask["status"]] = counts.get(subtask["status"], 0) + 1
+        outcome["subtaskCount"] = len(self._task.subtasks)
+        outcome["subtaskStatuses"] = counts
+        outcome["message"] = self._task.message
+        return outcome
+
+    def _brief(self) -> TaskState:
+        """What a decision answers: the task without the subtasks' logs, which can
+        be long and would otherwise be written into the history with every update."""
+        return self._task.model_copy(
+            update={"subtasks": [s.model_copy(update={"log": []}) for s in self._task.subtasks]}
+        )
 
     @workflow.query(name="task")
     def task(self) -> TaskState:
@@ -199,7 +255,7 @@ class UpgradeArbitrationGroup:
             self._rerun(subtask)
         self._act("retry", req)
         self._decide("rollback" if self._rolling_back else "continue")
-        return self._task
+        return self._brief()
 
     @retry_task.validator
     def _check_retry_task(self, req: OperatorRequest) -> None:
@@ -210,7 +266,7 @@ class UpgradeArbitrationGroup:
         self._rerun(self._by_id[req.subtask_id])
         self._act("retry_subtask", req)
         self._decide("rollback" if self._rolling_back else "continue")
-        return self._task
+        return self._brief()
 
     @retry_subtask.validator
     def _check_retry_subtask(self, req: OperatorRequest) -> None:
@@ -232,7 +288,7 @@ class UpgradeArbitrationGroup:
         self._touch(subtask)
         self._act("skip_subtask", req)
         self._decide("rollback" if self._rolling_back else "continue")
-        return self._task
+        return self._brief()
 
     @skip_subtask.validator
     def _check_skip_subtask(self, req: OperatorRequest) -> None:
@@ -252,7 +308,7 @@ class UpgradeArbitrationGroup:
             for subtask in self._failed():
                 self._rerun(subtask)
         self._decide("rollback")
-        return self._task
+        return self._brief()
 
     @rollback.validator
     def _check_rollback(self, req: OperatorRequest) -> None:
@@ -285,7 +341,7 @@ class UpgradeArbitrationGroup:
         self._touch(subtask)
         self._act("cancel_subtask", req)
         self._running[subtask.id].cancel()
-        return self._task
+        return self._brief()
 
     @cancel_subtask.validator
     def _check_cancel_subtask(self, req: OperatorRequest) -> None:
@@ -720,6 +776,14 @@ class UpgradeArbitrationGroup:
         package: Package,
     ):
         options = self._inp.options
+        queue = self._host_queue(service)
+        # A queue other than the workflow's own may have no worker at all (a zone
+        # whose worker is not running): such a step fails after a while, with what
+        # to start, instead of waiting forever. The workflow's own queue is served
+        # by the worker running this code, so a step there waits as long as needed.
+        wait = options.host_schedule_to_start_seconds
+        if queue in (None, workflow.info().task_queue):
+            wait = None
         handle = workflow.start_activity(
             name,
             HostStepInput(
@@ -731,7 +795,8 @@ class UpgradeArbitrationGroup:
                 trace_id=self._inp.trace_id,
             ),
             result_type=PrepareResult if name == "prepare_service" else StepResult,
-            task_queue=options.host_task_queue,
+            task_queue=queue,
+            schedule_to_start_timeout=timedelta(seconds=wait) if wait else None,
             start_to_close_timeout=timedelta(seconds=step.timeout),
             heartbeat_timeout=timedelta(seconds=options.heartbeat_timeout_seconds),
             retry_policy=self._retry_policy(),
@@ -741,8 +806,52 @@ class UpgradeArbitrationGroup:
         self._running[subtask.id] = handle
         try:
             return await handle
+        except ActivityError as err:
+            cause = err.cause
+            if (
+                isinstance(cause, TemporalTimeoutError)
+                and cause.type == TimeoutType.SCHEDULE_TO_START
+            ):
+                raise self._not_taken(err, service)
+            raise
         finally:
             self._running.pop(subtask.id, None)
+
+    def _host_queue(self, service: ArbitrationService) -> str | None:
+        """The task queue of a service's host steps, from its zone (None: the
+        workflow's own)."""
+        if service.zone == DEFAULT_ZONE:
+            return self._inp.options.host_task_queue
+        return zone_task_queue(service.zone, workflow.info().task_queue)
+
+    def _not_taken(self, err: ActivityError, service: ArbitrationService) -> ActivityError:
+        """A host step no worker took in time: the same failure, told as what the
+        operator can do about it."""
+        queue = self._host_queue(service) or workflow.info().task_queue
+        if service.zone == DEFAULT_ZONE:
+            worker = f"arbup-worker --task-queue {queue}"
+        else:
+            worker = f"arbup-worker --zone {service.zone}"
+            if workflow.info().task_queue != TASK_QUEUE:
+                worker += f" --task-queue {workflow.info().task_queue}"
+        message = (
+            f"no worker took this step from task queue {queue} (zone {service.zone}) within "
+            f"{self._inp.options.host_schedule_to_start_seconds:g}s; start "
+            f"`{worker}` where it can reach {service.host}, then retry the task"
+        )
+        told = ActivityError(
+            err.message,
+            scheduled_event_id=err.scheduled_event_id,
+            started_event_id=err.started_event_id,
+            identity=err.identity,
+            activity_type=err.activity_type,
+            activity_id=err.activity_id,
+            retry_state=err.retry_state,
+        )
+        told.__cause__ = TemporalTimeoutError(
+            message, type=TimeoutType.SCHEDULE_TO_START, last_heartbeat_details=[]
+        )
+        return told
 
     async def _record_activity(
         self, name: str, step: Step, subtask: SubtaskState, arg
@@ -857,15 +966,24 @@ class UpgradeArbitrationGroup:
         changed = [s for s in self._task.subtasks if s.id in self._dirty]
         self._dirty.clear()
         self._saved_actions = len(self._task.actions)
-        await workflow.execute_activity(
-            "save_subtasks",
-            SaveSubtasksInput(
-                task_id=self._task.id, subtasks=changed, actions=self._task.actions
-            ),
-            start_to_close_timeout=RECORD_TIMEOUT,
-            retry_policy=self._retry_policy(),
-            summary="Save subtask states",
-        )
+        # A large group's subtasks (with their logs) go in several saves, so that no
+        # activity input comes near Temporal's per-payload limits.
+        batches = _batches(changed, SAVE_BATCH_BYTES) or [[]]
+        for number, batch in enumerate(batches, 1):
+            summary = "Save subtask states"
+            if len(batches) > 1:
+                summary += f" ({number}/{len(batches)})"
+            await workflow.execute_activity(
+                "save_subtasks",
+                SaveSubtasksInput(
+                    task_id=self._task.id,
+                    subtasks=batch,
+                    actions=self._task.actions if number == 1 else [],
+                ),
+                start_to_close_timeout=RECORD_TIMEOUT,
+                retry_policy=self._retry_policy(),
+                summary=summary,
+            )
 
     async def _set_status(self, status: TaskStatus, message: str | None, *, done: bool) -> None:
         self._task.status = status
@@ -897,7 +1015,9 @@ class UpgradeArbitrationGroup:
         await self._set_status(status, message, done=True)
 
     def _show_progress(self) -> None:
-        """A services x phases table as the workflow's current details."""
+        """Each service's phases and their statuses, as the workflow's current
+        details (a list: the Web UI draws markdown tables without space between
+        their cells)."""
         marks = {
             SubtaskStatus.PENDING: "·",
             SubtaskStatus.READY: "·",
@@ -906,8 +1026,7 @@ class UpgradeArbitrationGroup:
             SubtaskStatus.FAILED: "**FAILED**",
             SubtaskStatus.SUCCESSFUL: "ok",
         }
-        header = "| service | " + " | ".join(s.name for s in PROGRESS_STEPS) + " |"
-        rows = [header, "|" + "---|" * (len(PROGRESS_STEPS) + 1)]
+        rows = []
         for idx, service in enumerate(self._inp.services):
             cells = []
             for step in PROGRESS_STEPS:
@@ -915,8 +1034,8 @@ class UpgradeArbitrationGroup:
                 mark = marks[subtask.status]
                 if subtask.operation == Operation.ROLLBACK:
                     mark = f"rolled back ({mark})" if mark == "ok" else f"rollback {mark}"
-                cells.append(mark)
-            rows.append(f"| {service.address} | " + " | ".join(cells) + " |")
+                cells.append(f"{PROGRESS_LABELS[step.key]} {mark}")
+            rows.append(f"- `{service.address}`: " + " · ".join(cells))
         lines = [
             f"Task {self._task.id}: **{self._task.status.value}** "
             f"({self._task.operation.value})"
