@@ -292,6 +292,7 @@ def run_transfer(cfg: Config, runner: Runner, sampler: sysinfo.LoadSampler) -> d
     big = make_big_package(cfg.state / "big" / "oceanbase-9.9.9.9-1.el7.x86_64.rpm",
                            cfg.transfer_mb)
     digest = sha256_of(big)
+    (cfg.state / "runs").mkdir(parents=True, exist_ok=True)
     remote_dir = "/tmp/arbup-staging"
     remote = f"{remote_dir}/{big.name}.part"
     runs = []
