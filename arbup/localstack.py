@@ -61,6 +61,27 @@ def wait_for_port(host: str, port: int, seconds: float, what: str) -> None:
     raise RuntimeError(f"{what} did not open {host}:{port} within {seconds:.0f}s")
 
 
+def _listening(host: str, port: int) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=1):
+            return True
+    except OSError:
+        return False
+
+
+def busy_ports() -> list[str]:
+    """The stack's fixed addresses that something else already listens on (after
+    this stack's own processes were stopped)."""
+    wanted = [
+        ("127.0.0.1", TEMPORAL_PORT, "the Temporal dev server"),
+        ("127.0.0.1", UI_PORT, "the Temporal Web UI"),
+        ("127.0.0.1", API_PORT, "the HTTP API"),
+    ]
+    return [
+        f"{host}:{port} ({what})" for host, port, what in wanted if _listening(host, port)
+    ]
+
+
 def _pid_file(state: Path, name: str) -> Path:
     return state / "run" / f"{name}.pid"
 
@@ -133,6 +154,24 @@ def start_temporal(state: Path) -> None:
     )
     wait_for_port("127.0.0.1", TEMPORAL_PORT, 60, "the Temporal dev server")
     wait_for_port("127.0.0.1", UI_PORT, 60, "the Temporal Web UI")
+    _require_alive(state, "temporal")
+
+
+def _require_alive(state: Path, name: str) -> None:
+    """The process answering on the port must be the one just started."""
+    pid = int(_pid_file(state, name).read_text())
+    try:
+        exited = os.waitpid(pid, os.WNOHANG)[0] == pid  # our child: reap it
+    except ChildProcessError:
+        exited = False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        exited = True
+    if exited:
+        raise RuntimeError(
+            f"{name} exited right after starting; see {state / 'logs' / (name + '.log')}"
+        ) from None
 
 
 def start_worker(state: Path) -> None:
@@ -185,6 +224,16 @@ def up(args: argparse.Namespace) -> int:
 
     state = state_dir()
     down(args, quiet=True)
+    taken = busy_ports()
+    if taken:
+        print(
+            "error: another program already listens on " + ", ".join(taken) + "; the "
+            "local stack needs these addresses. Stop that program (a dev server or "
+            "`arbup api` started by hand, or the stack of another checkout: "
+            "`arbup local down` there), then run this again.",
+            file=sys.stderr,
+        )
+        return 2
     state.mkdir(parents=True, exist_ok=True)
 
     shutil.rmtree(state / "packages", ignore_errors=True)
@@ -252,6 +301,7 @@ def start_api(state: Path) -> None:
     arbup = str(Path(sys.executable).parent / "arbup")
     _spawn(state, "api", [arbup, "api", "--port", str(API_PORT)], stack_env(state))
     wait_for_port("127.0.0.1", API_PORT, 60, "the HTTP API")
+    _require_alive(state, "api")
 
 
 def curl_lines(state: Path, task_id: int | None = None) -> list[str]:

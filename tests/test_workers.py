@@ -31,7 +31,7 @@ from temporalio.api.workflowservice.v1 import DescribeTaskQueueRequest
 
 from arbup.inputs import TASK_QUEUE, zone_task_queue
 from arbup.inventory import InventoryError, load_inventory_file
-from arbup.models import SubtaskStatus, TaskState
+from arbup.models import Operation, SubtaskStatus, TaskState
 from starter.service import decide
 from tests.conftest import OLD, OS_TAG, TARGET, inventory_for
 from tests.test_faults import assert_hosts_run, assert_records, start
@@ -435,3 +435,27 @@ async def test_a_zone_nobody_polls_fails_its_subtask_then_retry_runs_there(
     assert retried.run_time == 2 and retried.status == SubtaskStatus.SUCCESSFUL
     assert_hosts_run(stack, [TARGET, TARGET])
     assert_records(stack, [TARGET, TARGET], TARGET)
+
+
+@pytest.mark.integration
+async def test_a_step_no_worker_took_needs_no_undo_in_a_rollback(client, stack, workers):
+    stack.store.load_inventory(
+        in_zones(inventory_for(stack.hosts, stack.packages), ["default", "c"])
+    )
+    task_id, handle = await start(client, stack, host_schedule_to_start_seconds=2.0)
+    task = await wait_for(handle, waiting_for_operator, seconds=60)
+    prepare = by_name(task, "Prepare upgrade arbitration service")
+    assert [p.status for p in prepare] == [SubtaskStatus.SUCCESSFUL, SubtaskStatus.FAILED]
+
+    # No zone-c worker exists, and none is needed: service 2's prepare never ran.
+    await decide(client, stack.store, task_id, "rollback", actor="operator-1")
+    result = await asyncio.wait_for(handle.result(), 120)
+    assert result["status"] == "SUCCESSFUL", result.get("message")
+    assert result["message"].startswith("rolled back")
+    runs = await activity_runs(handle)
+    assert [r["name"] for r in runs if r["service_id"] == 2] == []
+    assert [r["name"] for r in runs if r["name"] == "unstage_package"] == ["unstage_package"]
+    never_ran = next(s for s in stack.store.get_task(task_id).subtasks if s.id == prepare[1].id)
+    assert never_ran.operation == Operation.ROLLBACK
+    assert never_ran.log[-1] == "rollback: nothing ran on the host; nothing to undo"
+    assert_hosts_run(stack, [OLD, OLD])

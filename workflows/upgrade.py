@@ -155,6 +155,18 @@ def _batches(subtasks: list[SubtaskState], limit: int) -> list[list[SubtaskState
     return batches
 
 
+def _never_started(err: ActivityError) -> bool:
+    """The activity failed because no worker ever took it: its only attempt timed
+    out waiting to be started, after no earlier attempt (whose failure would be the
+    timeout's cause)."""
+    cause = err.cause
+    return (
+        isinstance(cause, TemporalTimeoutError)
+        and cause.type == TimeoutType.SCHEDULE_TO_START
+        and cause.cause is None
+    )
+
+
 def _refuse(kind: str, message: str) -> ApplicationError:
     return ApplicationError(message, type=kind, non_retryable=True)
 
@@ -417,9 +429,17 @@ class UpgradeArbitrationGroup:
             if step != PREPARE and prepared and not prepared.needs_upgrade:
                 return StepResult(log=[], message=f"skipped: {prepared.message}")
             self._register_compensation(step, subtask)
-            result = await self._host_activity(
-                HOST_ACTIVITIES[step.key], step, subtask, service, self._package(service)
-            )
+            try:
+                result = await self._host_activity(
+                    HOST_ACTIVITIES[step.key], step, subtask, service, self._package(service)
+                )
+            except ActivityError as err:
+                if subtask.run_time == 1 and _never_started(err):
+                    # Nothing ran on the host, so there is nothing to undo there.
+                    self._compensations = [
+                        c for c in self._compensations if c.subtask_id != subtask.id
+                    ]
+                raise
             if step == PREPARE:
                 self._prepared[service.id] = result
             return result
@@ -462,6 +482,13 @@ class UpgradeArbitrationGroup:
         it undoes all it can and returns the subtasks whose undo failed."""
         self._rolling_back = True
         self._task.operation = Operation.ROLLBACK
+        for subtask in self._failed():
+            if not any(c.subtask_id == subtask.id for c in self._compensations):
+                # Failed before anything ran (no worker took it): nothing to undo.
+                subtask.operation = Operation.ROLLBACK
+                subtask.status = SubtaskStatus.SUCCESSFUL
+                subtask.log.append("rollback: nothing ran on the host; nothing to undo")
+                self._touch(subtask)
         await self._set_status(TaskStatus.RUNNING, "rolling back", done=False)
         while True:
             layers = sorted({c.layer for c in self._compensations if not c.done}, reverse=True)
@@ -851,6 +878,8 @@ class UpgradeArbitrationGroup:
         told.__cause__ = TemporalTimeoutError(
             message, type=TimeoutType.SCHEDULE_TO_START, last_heartbeat_details=[]
         )
+        # An earlier attempt's failure, if any, stays the timeout's cause.
+        told.__cause__.__cause__ = err.cause.__cause__ if err.cause else None
         return told
 
     async def _record_activity(
@@ -1034,6 +1063,8 @@ class UpgradeArbitrationGroup:
                 mark = marks[subtask.status]
                 if subtask.operation == Operation.ROLLBACK:
                     mark = f"rolled back ({mark})" if mark == "ok" else f"rollback {mark}"
+                elif subtask.operation == Operation.SKIP and mark == "ok":
+                    mark = "skipped"
                 cells.append(f"{PROGRESS_LABELS[step.key]} {mark}")
             rows.append(f"- `{service.address}`: " + " · ".join(cells))
         lines = [
