@@ -85,6 +85,7 @@ class RecordSteps:
             end_time=inp.end_time,
             message=inp.message,
             operation=inp.operation,
+            prohibit_rollback=inp.prohibit_rollback,
         )
         if inp.release_group:
             self.store.release_group(inp.group_id, inp.task_id)

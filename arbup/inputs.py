@@ -178,3 +178,4 @@ class FinishTaskInput(BaseModel):
     message: str | None
     release_group: bool
     operation: Operation | None = None
+    prohibit_rollback: bool | None = None

@@ -15,6 +15,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from pydantic import ValidationError
+from temporalio.service import RPCError, RPCStatusCode
 
 from arbup.inputs import TASK_QUEUE, UpgradeOptions
 from arbup.models import Operation, TaskState, TaskStatus
@@ -105,11 +106,18 @@ async def cmd_upgrade(args: argparse.Namespace) -> int:
         search_attributes=not args.no_search_attributes,
     )
     if args.json:
-        _print_json({"taskId": started.task.id, "workflowId": started.workflow_id})
+        _print_json(
+            {
+                "taskId": started.task.id,
+                "workflowId": started.workflow_id,
+                "traceId": started.trace_id,
+            }
+        )
     else:
         print(f"task {started.task.id} started: upgrade group {args.group} to {args.full_version} ({args.os})")
         print(f"workflow id: {started.workflow_id}")
         print(f"Web UI:      {web_ui_link(started.workflow_id)}")
+        print(f"trace id:    {started.trace_id} (in every log line of this task)")
     if args.watch:
         return await _watch(client, store, started.task.id)
     return 0
@@ -435,16 +443,37 @@ def main(argv: list[str] | None = None) -> None:
     except (ValueError, LookupError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         code = EXIT_REFUSED
+    except BrokenPipeError:
+        # The reader went away (`arbup task list | head`): nothing more to say.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        code = 0
+    except RPCError as exc:
+        code = _temporal_refused(exc)
     except (ConnectionError, RuntimeError) as exc:
         print(f"error: cannot reach Temporal or the records store: {exc}", file=sys.stderr)
         code = EXIT_UNREACHABLE
     except KeyboardInterrupt:
         code = 130
-    except BrokenPipeError:
-        # The reader went away (`arbup task list | head`): nothing more to say.
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        code = 0
     exit_now(code)
+
+
+def _temporal_refused(exc: RPCError) -> int:
+    """Temporal answered, but not with what was asked: say what to do about it."""
+    if exc.status in (RPCStatusCode.UNAVAILABLE, RPCStatusCode.DEADLINE_EXCEEDED):
+        print(f"error: cannot reach Temporal: {exc.message}", file=sys.stderr)
+        return EXIT_UNREACHABLE
+    hint = ""
+    if "search attribute" in exc.message:
+        hint = (
+            "; register arbup's search attributes in this namespace with "
+            "`arbup search-attributes`"
+        )
+    elif exc.status in (RPCStatusCode.UNAUTHENTICATED, RPCStatusCode.PERMISSION_DENIED):
+        hint = "; check TEMPORAL_API_KEY / the TLS client certificate and the namespace"
+    elif exc.status == RPCStatusCode.NOT_FOUND and "amespace" in exc.message:
+        hint = "; check TEMPORAL_NAMESPACE"
+    print(f"error: Temporal refused the request: {exc.message}{hint}", file=sys.stderr)
+    return EXIT_REFUSED
 
 
 def exit_now(code: int) -> None:

@@ -145,8 +145,8 @@ async def cmd_user_grant(args: argparse.Namespace) -> int:
     scope = _scope(args)
     added = _iam().grant(args.name, args.permission, scope)
     where = "" if scope == ALL else f" on service {scope}"
-    state = "granted" if added else "already held"
-    print(f"{args.permission.upper()}{where}: {state} by {args.name}")
+    state = "granted to" if added else "already held by"
+    print(f"{args.permission.upper()}{where}: {state} {args.name}")
     return 0
 
 

@@ -60,6 +60,7 @@ class StartedUpgrade:
     task: TaskState
     workflow_id: str
     run_id: str | None
+    trace_id: str | None = None
 
 
 def default_creator() -> str:
@@ -225,7 +226,7 @@ async def start_upgrade(
         handle.id,
         extra={"task_id": task.id, "trace_id": trace_id, "workflow_id": handle.id},
     )
-    return StartedUpgrade(task, handle.id, handle.result_run_id)
+    return StartedUpgrade(task, handle.id, handle.result_run_id, trace_id)
 
 
 def _rollback_packages(

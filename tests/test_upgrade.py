@@ -96,6 +96,10 @@ async def test_two_service_upgrade_succeeds(client, stack, store):
     assert result["subtaskStatuses"] == {"SUCCESSFUL": 18}
     stored = stack.store.get_task(started.task.id)
     assert stored.status == TaskStatus.SUCCESSFUL
+    # Past Begin, the task may no longer be rolled back; the list says so too.
+    assert stored.prohibit_rollback
+    listed, _ = stack.store.list_tasks()
+    assert [t.prohibit_rollback for t in listed] == [True]
     assert stored.end_time is not None
     assert all(s.status == SubtaskStatus.SUCCESSFUL for s in stored.subtasks)
     install_logs = [s.log for s in stored.subtasks if s.name == "Install arbitration rpm"]

@@ -1033,6 +1033,7 @@ class UpgradeArbitrationGroup:
                 message=message,
                 release_group=done,
                 operation=self._task.operation,
+                prohibit_rollback=self._task.prohibit_rollback,
             ),
             start_to_close_timeout=RECORD_TIMEOUT,
             retry_policy=self._retry_policy(),

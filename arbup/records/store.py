@@ -528,10 +528,11 @@ class RecordsStore:
         end_time: datetime | None = None,
         message: str | None = None,
         operation: Operation | None = None,
+        prohibit_rollback: bool | None = None,
     ) -> None:
         """Set the task's status, end time and message, exactly as given (None
         clears end time and message, e.g. when a failed task is retried). The
-        operation is changed only when given."""
+        operation and the prohibit-rollback flag are changed only when given."""
         _aware(end_time, "end_time")
         values: dict[str, Any] = {
             "status": TaskStatus(status).value,
@@ -540,6 +541,8 @@ class RecordsStore:
         }
         if operation is not None:
             values["operation"] = Operation(operation).value
+        if prohibit_rollback is not None:
+            values["prohibit_rollback"] = prohibit_rollback
         with self._write() as conn:
             result = conn.execute(
                 update(tasks).where(tasks.c.id == task_id).values(**values)
