@@ -20,7 +20,7 @@ from datetime import UTC, datetime, timedelta
 from temporalio.client import Client, WorkflowExecutionStatus, WorkflowUpdateFailedError
 from temporalio.common import SearchAttributePair, TypedSearchAttributes
 from temporalio.exceptions import ApplicationError
-from temporalio.service import RPCError
+from temporalio.service import RPCError, RPCStatusCode
 
 from arbup.graph import build_subtasks
 from arbup.inputs import (
@@ -244,26 +244,54 @@ def _rollback_packages(
 
 
 async def _create_task(client: Client, store: RecordsStore, draft: TaskState) -> TaskState:
-    """Record the task, taking the group's lock; a lock left by a workflow that is no
-    longer running (terminated from outside) is released first."""
-    try:
-        return store.create_task(draft)
-    except GroupBusy as busy:
-        running = store.get_task(busy.task_id)
-        if running and not await _workflow_open(client, running.workflow_id):
+    """Record the task, taking the group's lock. A lock whose workflow has closed
+    (terminated from outside), or whose workflow never started although its task
+    was recorded STALE_START ago (its starter died in between), is released first;
+    any other holder makes the request refused."""
+    for _ in range(2):
+        try:
+            return store.create_task(draft)
+        except GroupBusy as busy:
+            holder = busy.task_id
+            running = store.get_task(holder)
+            if running is None or not await _lock_is_stale(client, running):
+                break
             store.set_task_status(
                 running.id, TaskStatus.FAILED, end_time=datetime.now(UTC),
-                message="its workflow ended outside arbup",
+                message="its workflow ended outside arbup, or never started",
             )
             store.release_group(draft.group_id, running.id)
-            return store.create_task(draft)
-        raise UpgradeRefused(
-            f"group {draft.group_id} is already being upgraded by task "
-            f"{busy.task_id}; wait for it, or cancel it with `arbup task cancel "
-            f"{busy.task_id}`",
-            code="ARBITRATION_GROUP_UPGRADE_IN_PROGRESS",
-            status=409,
-        ) from busy
+    raise UpgradeRefused(
+        f"group {draft.group_id} is already being upgraded by task "
+        f"{holder}; wait for it, or cancel it with `arbup task cancel "
+        f"{holder}`",
+        code="ARBITRATION_GROUP_UPGRADE_IN_PROGRESS",
+        status=409,
+    )
+
+
+# How long a recorded task's workflow may take to appear before its lock counts
+# as left behind by a starter that died between recording and starting it.
+STALE_START = timedelta(minutes=2)
+
+
+async def _lock_is_stale(client: Client, task: TaskState) -> bool:
+    old_enough = datetime.now(UTC) - task.start_time > STALE_START
+    try:
+        description = await client.get_workflow_handle(task.workflow_id).describe()
+    except RPCError as exc:
+        if exc.status == RPCStatusCode.NOT_FOUND:
+            # Not started yet (its starter is between recording and starting it),
+            # or never will be.
+            return old_enough
+        return False
+    if description.status == WorkflowExecutionStatus.RUNNING:
+        return False
+    # A closed run that started before the task was recorded is an older one with
+    # the same id (a records store made anew against the same namespace): this
+    # task's own run may still be on its way.
+    started = description.start_time
+    return old_enough or (started is not None and started >= task.start_time)
 
 
 async def _workflow_open(client: Client, workflow_id: str) -> bool:

@@ -187,6 +187,52 @@ async def test_second_upgrade_of_a_busy_group_is_refused(client, stack):
     assert result["status"] == "SUCCESSFUL"
 
 
+class SlowToStart:
+    """The client, with start_workflow delayed: the moment between recording a task
+    and starting its workflow, made long enough to race into."""
+
+    def __init__(self, client, seconds: float):
+        self._client, self._seconds = client, seconds
+
+    def __getattr__(self, name):
+        return getattr(self._client, name)
+
+    async def start_workflow(self, *args, **kwargs):
+        await asyncio.sleep(self._seconds)
+        return await self._client.start_workflow(*args, **kwargs)
+
+
+async def test_an_upgrade_recorded_but_not_yet_started_still_holds_its_group(
+    client, stack
+):
+    first = asyncio.create_task(start(SlowToStart(client, 1.5), stack))
+    await asyncio.sleep(0.5)  # the first task is recorded, its workflow not started
+    with pytest.raises(UpgradeRefused) as refused:
+        await start(client, stack)
+    assert refused.value.code == "ARBITRATION_GROUP_UPGRADE_IN_PROGRESS"
+    started, handle = await first
+    assert f"task {started.task.id}" in refused.value.message
+    _, total = stack.store.list_tasks(group_id=1)
+    assert total == 1
+    assert (await handle.result())["status"] == "SUCCESSFUL"
+
+
+async def test_a_lock_left_by_a_workflow_terminated_outside_arbup_is_released(
+    client, stack
+):
+    stack.hosts[0].set_knob("stop_delay", "3")
+    first, handle = await start(client, stack)
+    await handle.terminate("stopped from the Temporal UI")
+    stack.hosts[0].clear_knob("stop_delay")
+
+    second, handle = await start(client, stack)
+    left = stack.store.get_task(first.task.id)
+    assert left.status == TaskStatus.FAILED
+    assert left.message == "its workflow ended outside arbup, or never started"
+    assert stack.group().active_task_id == second.task.id
+    assert (await handle.result())["status"] == "SUCCESSFUL"
+
+
 async def stored_when(stack, task_id: int, predicate, seconds: float = 30) -> TaskState:
     """The task as the records store has it, once ``predicate`` holds."""
     for _ in range(int(seconds / 0.2)):
