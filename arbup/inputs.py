@@ -45,6 +45,12 @@ def zone_task_queue(zone: str, base: str = TASK_QUEUE) -> str:
     return f"{base}-zone-{zone}"
 
 
+# Bounds of the upgrade's durations, in seconds: every one is a real timer or
+# timeout in Temporal, which takes neither infinity nor centuries.
+HOUR = 3600
+WEEK = 7 * 24 * HOUR
+
+
 class UpgradeOptions(BaseModel):
     """Knobs of one upgrade, fixed when it starts."""
 
@@ -52,26 +58,30 @@ class UpgradeOptions(BaseModel):
 
     staging_dir: str = DEFAULT_STAGING_DIR
     # A started observer must still be healthy this long after it first was.
-    settle_seconds: float = 2.0
+    settle_seconds: float = Field(default=2.0, ge=0, le=HOUR, allow_inf_nan=False)
     # Between the graceful stop signal and the forced kill.
-    stop_grace_seconds: float = 30.0
+    stop_grace_seconds: float = Field(default=30.0, gt=0, le=HOUR, allow_inf_nan=False)
     # A stopped observer must still be down this long after it exited.
-    stop_settle_seconds: float = 0.5
+    stop_settle_seconds: float = Field(default=0.5, ge=0, le=HOUR, allow_inf_nan=False)
     # Attempts of one activity before its subtask fails.
-    max_attempts: int = 3
+    max_attempts: int = Field(default=3, ge=1, le=100)
     # How long an activity may go without a heartbeat before another worker takes it.
-    heartbeat_timeout_seconds: float = 10.0
+    heartbeat_timeout_seconds: float = Field(default=10.0, ge=1, le=HOUR, allow_inf_nan=False)
     # The task queue of the workers that can reach the hosts of the default zone
     # (services in another zone go to zone_task_queue(zone)).
     host_task_queue: str | None = None
     # How long a host step on a queue other than the workflow's own (a zone's, or
     # host_task_queue) may wait for a worker to take it before its subtask fails,
     # naming the zone and its task queue; None waits without limit.
-    host_schedule_to_start_seconds: float | None = Field(default=300.0, gt=0)
+    host_schedule_to_start_seconds: float | None = Field(
+        default=300.0, ge=1, le=WEEK, allow_inf_nan=False
+    )
     # Roll back by itself when a subtask fails (where a rollback is allowed).
     auto_rollback: bool = False
     # Roll back by itself when no decision came this long after a failure.
-    decision_timeout_seconds: float | None = None
+    decision_timeout_seconds: float | None = Field(
+        default=None, ge=1, le=WEEK, allow_inf_nan=False
+    )
     # Steps (graph step keys, e.g. "start") that may not be skipped, beyond the graph's
     # own prohibitSkip flags.
     prohibit_skip: list[str] = []

@@ -51,6 +51,13 @@ def record_id(text: str) -> int:
     return value
 
 
+# The flags of `arbup upgrade` whose names differ from their UpgradeOptions field.
+OPTION_FLAGS = {
+    "decision_timeout_seconds": "decision-timeout",
+    "host_schedule_to_start_seconds": "host-wait",
+}
+
+
 def positive_seconds(text: str) -> float:
     try:
         value = float(text)
@@ -91,7 +98,8 @@ async def cmd_upgrade(args: argparse.Namespace) -> int:
         options = UpgradeOptions(**chosen)
     except ValidationError as invalid:
         problem = invalid.errors()[0]
-        option = str(problem["loc"][0]).replace("_", "-")
+        field = str(problem["loc"][0])
+        option = OPTION_FLAGS.get(field, field.replace("_", "-"))
         raise ValueError(f"--{option}: {problem['msg']}") from None
     store = _store()
     client = await connect()

@@ -115,3 +115,30 @@ def test_unsafe_service_values_are_rejected(field, value):
     data[field] = value
     with pytest.raises(ValueError):
         ArbitrationService(**data)
+
+
+@pytest.mark.parametrize(
+    "flag, value, words",
+    [
+        ("--host-wait", "1e300", "--host-wait: Input should be less than or equal to 604800"),
+        ("--host-wait", "inf", "--host-wait: Input should be a finite number"),
+        ("--decision-timeout", "-5", "--decision-timeout: Input should be greater than or equal to 1"),
+        ("--decision-timeout", "nan", "--decision-timeout: Input should be a finite number"),
+    ],
+)
+def test_upgrade_durations_out_of_range_are_refused_before_anything_is_recorded(
+    flag, value, words, tmp_path, monkeypatch, capsys
+):
+    from starter import cli
+
+    def leave(code: int) -> None:
+        raise SystemExit(code)
+
+    monkeypatch.setattr(cli, "exit_now", leave)
+    monkeypatch.setenv("ARBUP_STATE_DIR", str(tmp_path))
+    monkeypatch.delenv("ARBUP_DB_URL", raising=False)
+    with pytest.raises(SystemExit) as exited:
+        cli.main(["upgrade", "1", "--full-version", TARGET, "--os", "el7", f"{flag}={value}"])
+    assert exited.value.code == 2
+    assert words in capsys.readouterr().err
+    assert not (tmp_path / "arbup.db").exists()
