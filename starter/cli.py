@@ -15,6 +15,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from pydantic import ValidationError
+from sqlalchemy.exc import DBAPIError
 from temporalio.service import RPCError, RPCStatusCode
 
 from arbup.inputs import TASK_QUEUE, UpgradeOptions
@@ -457,12 +458,21 @@ def main(argv: list[str] | None = None) -> None:
         code = 0
     except RPCError as exc:
         code = _temporal_refused(exc)
+    except DBAPIError as exc:
+        print(f"error: cannot reach the records store: {_db_reason(exc)}", file=sys.stderr)
+        code = EXIT_UNREACHABLE
     except (ConnectionError, RuntimeError) as exc:
         print(f"error: cannot reach Temporal or the records store: {exc}", file=sys.stderr)
         code = EXIT_UNREACHABLE
     except KeyboardInterrupt:
         code = 130
     exit_now(code)
+
+
+def _db_reason(exc: DBAPIError) -> str:
+    """The driver's own first line (it names host and port, never the password)."""
+    text = str(exc.orig) if exc.orig is not None else str(exc)
+    return text.strip().splitlines()[0] if text.strip() else type(exc).__name__
 
 
 def _temporal_refused(exc: RPCError) -> int:

@@ -37,9 +37,10 @@ from arbup.logs import configure_logging
 from arbup.models import check_name
 from arbup.records import RecordsStore
 from arbup.records.store import SchemaNotCurrent
+from sqlalchemy.exc import DBAPIError
 from arbup.temporal import connect
-from starter.cli import exit_now
-from worker.observability import Observability, health_server, worker_runtime
+from starter.cli import _db_reason, exit_now
+from worker.observability import Observability, health_server, parse_address, worker_runtime
 from workflows.upgrade import UpgradeArbitrationGroup
 
 log = logging.getLogger("arbup.worker")
@@ -174,6 +175,11 @@ def main(argv: list[str] | None = None) -> None:
             check_zone(args.zone)
         except ValueError as exc:
             parser.error(f"--zone: {exc}")
+    if args.health_address:
+        try:
+            parse_address(args.health_address)
+        except ValueError as exc:
+            parser.error(f"--health-address: {exc}")
     try:
         configure_logging()
     except ValueError as exc:
@@ -182,6 +188,14 @@ def main(argv: list[str] | None = None) -> None:
         asyncio.run(serve(args))
     except SchemaNotCurrent as exc:
         log.error("not starting: %s", exc)
+        exit_now(1)
+    except DBAPIError as exc:
+        log.error("not starting: cannot reach the records store: %s", _db_reason(exc))
+        exit_now(1)
+    except RuntimeError as exc:
+        if "client connect" not in str(exc):
+            raise
+        log.error("not starting: cannot reach Temporal: %s", exc)
         exit_now(1)
     exit_now(0)
 

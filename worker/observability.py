@@ -312,6 +312,11 @@ class _HealthHttpServer(ThreadingHTTPServer):
         self.store = store
         self.loop = loop
 
+    def handle_error(self, request, client_address) -> None:
+        """A probe that hung up before its answer: one log line, not a traceback
+        on standard error."""
+        log.debug("health probe from %s:%s dropped", *client_address[:2])
+
     def health(self) -> tuple[int, dict]:
         running = self.worker.is_running
         return (200 if running else 503), {
@@ -338,8 +343,8 @@ class _HealthHttpServer(ThreadingHTTPServer):
 def parse_address(address: str) -> tuple[str, int]:
     """``HOST:PORT`` (``[v6]:PORT`` for IPv6) as a (host, port) pair."""
     host, sep, port = address.rpartition(":")
-    if not sep or not port.isdigit():
-        raise ValueError(f"{address!r} is not HOST:PORT")
+    if not sep or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"{address!r} is not HOST:PORT (a port from 1 to 65535)")
     return host.strip("[]") or "127.0.0.1", int(port)
 
 
