@@ -151,13 +151,22 @@ _REDACTIONS = (
     ),
     (
         re.compile(
-            r"\b(password|passwd|secret|secret_key|access_key_secret|api_key|token)"
-            r"(\s*[=:]\s*)(\"[^\"]*\"|'[^']*'|[^\s,;&]+)",
+            r"\b(\w*(?:password|passwd|secret|api_key|apikey|token)\w*)"
+            r"([\"']?\s*[=:]\s*)(\"[^\"]*\"|'[^']*'|[^\s,;&]+)",
             re.I,
         ),
         r"\1\2[redacted]",
     ),
+    (
+        # user:password@ in a URL
+        re.compile(r"\b([a-z][a-z0-9+.-]*://[^/\s:@]+:)[^@\s/]+@", re.I),
+        r"\1[redacted]@",
+    ),
 )
+
+
+def _masked(value: Any) -> Any:
+    return redact(value) if isinstance(value, str) else value
 
 
 def redact(text: str) -> str:
@@ -205,9 +214,9 @@ class JsonFormatter(logging.Formatter):
         for key in CONTEXT_FIELDS:
             value = getattr(record, key, None)
             if value is not None:
-                data[key] = _jsonable(value)
+                data[key] = _masked(_jsonable(value))
         for key, value in _extras(record).items():
-            data.setdefault(key, _jsonable(value))
+            data.setdefault(key, _masked(_jsonable(value)))
         if record.exc_info:
             data["exception"] = redact(self.formatException(record.exc_info))
         if record.stack_info:

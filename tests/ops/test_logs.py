@@ -238,3 +238,29 @@ async def test_an_upgrade_logs_json_lines_with_its_task_subtask_host_and_trace(
     for secret_text in (ADMIN_PASSWORD, ADMIN_TOKEN, key_body):
         assert secret_text not in everything
     assert "PRIVATE KEY" not in everything
+
+
+@pytest.mark.parametrize(
+    "line, secret",
+    [
+        ("PGPASSWORD=hunter2", "hunter2"),
+        ("db_password=hunter2 next", "hunter2"),
+        ("client_secret=hunter2", "hunter2"),
+        ('{"password": "hunter2"}', "hunter2"),
+        ("{'password': 'hunter2'}", "hunter2"),
+        ("postgresql+psycopg://arbup:hunter2@db.example/arbup", "hunter2"),
+        ("GET /password=hunter2 HTTP/1.1", "hunter2"),
+        ("Authorization: Basic aHVudGVyMg==", "aHVudGVyMg=="),
+    ],
+)
+def test_what_looks_like_a_credential_is_masked_in_every_field(line, secret):
+    import json
+    import logging
+
+    from arbup.logs import JsonFormatter
+
+    record = logging.LogRecord("arbup.test", logging.INFO, __file__, 1, line, None, None)
+    record.path = line  # an extra field, as the API's access line has
+    out = JsonFormatter().format(record)
+    assert secret not in out
+    assert json.loads(out)["message"] != line
