@@ -14,7 +14,8 @@ from __future__ import annotations
 import argparse
 import json
 
-from sqlalchemy.exc import ArgumentError, OperationalError
+from alembic.util.exc import CommandError
+from sqlalchemy.exc import ArgumentError, OperationalError, ProgrammingError
 
 from arbup.records.store import RecordsStore, url_from_env
 
@@ -43,6 +44,17 @@ def _reachable(fn):
             return fn(args, store)
         except OperationalError as exc:
             raise ConnectionError(f"{store.display_url}: {exc.orig}") from None
+        except ProgrammingError as exc:
+            first = str(exc.orig).strip().splitlines()[0] if exc.orig else str(exc)
+            raise ValueError(
+                f"{store.display_url}: the database refused: {first} (check the URL's "
+                "database, schema and search_path: the schema must exist)"
+            ) from None
+        except CommandError as exc:
+            raise ValueError(
+                f"{store.display_url}: the migration history cannot be read: {exc} "
+                "(the alembic_version table should hold one row)"
+            ) from None
         finally:
             store.dispose()
 
