@@ -26,6 +26,7 @@ from arbup.errors import NON_RETRYABLE, ErrorKind
 from arbup.models import ArbitrationService, check_name
 
 LOG_LINE_LIMIT = 400
+SFTP_REQUESTS_IN_FLIGHT = 32
 ENCRYPTION_ALGS = [
     "aes128-gcm@openssh.com",
     "aes256-gcm@openssh.com",
@@ -202,11 +203,13 @@ class HostSession:
             async with self._conn.start_sftp_client() as sftp:
                 # The block size is left to asyncssh, which follows the server's
                 # advertised limits (OpenSSH closes the connection on writes larger
-                # than its 256 KiB message limit); many requests stay in flight.
+                # than its 256 KiB message limit). 32 requests in flight (8 MiB)
+                # keep a host's link busy; 128 made 50 uploads at once buffer
+                # 1.6 GiB in the worker and run at 0.75x scp instead of 1x.
                 await sftp.put(
                     str(local_path),
                     remote_path,
-                    max_requests=128,
+                    max_requests=SFTP_REQUESTS_IN_FLIGHT,
                     progress_handler=on_progress,
                 )
         except (asyncssh.Error, OSError) as exc:

@@ -356,7 +356,8 @@ def add_parser(sub) -> None:
         dest="local_command", required=True
     )
     p = local.add_parser("up", help="start Temporal, two hosts and a worker")
-    p.add_argument("--hosts", type=int, default=2)
+    p.add_argument("--hosts", type=int, default=2, metavar="N",
+                   help="how many local arbitration hosts to start (default 2)")
     p.set_defaults(run=up, local=True)
     p = local.add_parser("down", help="stop everything `local up` started")
     p.set_defaults(run=down, local=True)
