@@ -343,8 +343,8 @@ class _HealthHttpServer(ThreadingHTTPServer):
 def parse_address(address: str) -> tuple[str, int]:
     """``HOST:PORT`` (``[v6]:PORT`` for IPv6) as a (host, port) pair."""
     host, sep, port = address.rpartition(":")
-    if not sep or not port.isdigit() or not 0 < int(port) < 65536:
-        raise ValueError(f"{address!r} is not HOST:PORT (a port from 1 to 65535)")
+    if not sep or not port.isdigit() or int(port) > 65535:
+        raise ValueError(f"{address!r} is not HOST:PORT (a port up to 65535; 0 picks a free one)")
     return host.strip("[]") or "127.0.0.1", int(port)
 
 
