@@ -230,6 +230,14 @@ async def _connect(
     service: ArbitrationService, settings: SshSettings, key: Path, log: list[str]
 ) -> asyncssh.SSHClientConnection:
     label = f"{service.host}:{service.ssh_port}"
+    if not settings.known_hosts.is_file():
+        log.append(f"connect {label}: no known_hosts file at {settings.known_hosts}")
+        raise step_error(
+            ErrorKind.HOST_KEY_NOT_VERIFIED,
+            f"{label}: the worker's known_hosts file {settings.known_hosts} does not "
+            "exist, so no host key can be verified (set ARBUP_KNOWN_HOSTS)",
+            log,
+        )
     try:
         return await asyncssh.connect(
             service.host,
@@ -252,6 +260,15 @@ async def _connect(
         raise step_error(
             ErrorKind.HOST_KEY_NOT_VERIFIED,
             f"{label}: host key not verified against {settings.known_hosts}: {exc}",
+            log,
+        ) from exc
+    except (asyncssh.KeyImportError, asyncssh.KeyEncryptionError) as exc:
+        log.append(f"connect {label}: the key of credential {service.ssh_credential!r} "
+                   "cannot be read")
+        raise step_error(
+            ErrorKind.CREDENTIAL_MISSING,
+            f"{label}: the worker's key for credential {service.ssh_credential!r} "
+            f"({key}) cannot be read: {exc} (it must be an unencrypted private key)",
             log,
         ) from exc
     except asyncssh.PermissionDenied as exc:

@@ -263,8 +263,8 @@ async def _create_task(client: Client, store: RecordsStore, draft: TaskState) ->
             store.release_group(draft.group_id, running.id)
     raise UpgradeRefused(
         f"group {draft.group_id} is already being upgraded by task "
-        f"{holder}; wait for it, or cancel it with `arbup task cancel "
-        f"{holder}`",
+        f"{holder}; wait for it, or cancel it (`arbup task cancel {holder}`, or "
+        f"POST /api/v2/tasks/instances/{holder}/cancel)",
         code="ARBITRATION_GROUP_UPGRADE_IN_PROGRESS",
         status=409,
     )

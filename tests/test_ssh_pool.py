@@ -122,3 +122,32 @@ async def test_idle_connections_are_closed(hosts, ssh):
         assert log[0].startswith("connected to")
     finally:
         await pool.close()
+
+
+async def test_an_unreadable_key_is_a_credential_error_not_retried(hosts, ssh, tmp_path):
+    from dataclasses import replace
+
+    from temporalio.exceptions import ApplicationError
+
+    keys = tmp_path / "keys"
+    keys.mkdir()
+    (keys / CREDENTIAL).write_text("not a private key\n")
+    settings = replace(ssh, key_dir=keys)
+    with pytest.raises(ApplicationError) as failed:
+        await run_on(service_on(hosts[0]), settings, None)
+    assert failed.value.type == "CredentialMissing"
+    assert failed.value.non_retryable
+    assert f"credential {CREDENTIAL!r}" in failed.value.message
+
+
+async def test_a_missing_known_hosts_file_is_a_host_key_error(hosts, ssh, tmp_path):
+    from dataclasses import replace
+
+    from temporalio.exceptions import ApplicationError
+
+    settings = replace(ssh, known_hosts=tmp_path / "absent")
+    with pytest.raises(ApplicationError) as failed:
+        await run_on(service_on(hosts[0]), settings, None)
+    assert failed.value.type == "HostKeyNotVerified"
+    assert failed.value.non_retryable
+    assert "ARBUP_KNOWN_HOSTS" in failed.value.message
