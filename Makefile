@@ -45,8 +45,11 @@ screenshots: setup
 	  cp $$out/web-ui-workflow.png $$out/web-ui-timeline.png docs/ && rm -rf $$out && \
 	  echo "screenshots: docs/web-ui-workflow.png docs/web-ui-timeline.png"
 
+# Re-record the replay tests' histories from real runs (after an intended change
+# of the workflow's commands), then replay them.
 record-histories: setup
-	ARBUP_RECORD_HISTORIES=1 $(PYTEST) -ra tests/test_replay.py -k record
+	ARBUP_RECORD_HISTORIES=1 $(PYTEST) -ra tests/test_upgrade.py tests/test_faults.py tests/test_workers.py
+	$(PYTEST) -ra tests/test_replay.py
 
 clean: down
 	rm -rf .arbup .pytest_cache

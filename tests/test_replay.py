@@ -38,6 +38,8 @@ def test_histories_are_recorded():
         "decision_rollback",
         "decision_forced_rollback",
         "decision_cancel",
+        "zone_not_polled_then_retry",
+        "zone_not_polled_then_rollback",
     } <= names
     for path in HISTORIES:
         events = json.loads(path.read_text())["events"]

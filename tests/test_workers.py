@@ -12,6 +12,7 @@ import asyncio
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import textwrap
@@ -37,7 +38,7 @@ from arbup.models import Operation, SubtaskStatus, TaskState
 from starter.service import decide
 from tests.conftest import OLD, OS_TAG, TARGET, inventory_for
 from tests.test_faults import assert_hosts_run, assert_records, start
-from tests.test_upgrade import by_name, wait_for, waiting_for_operator
+from tests.test_upgrade import by_name, save_history, wait_for, waiting_for_operator
 
 HOST_ACTIVITIES = {
     "prepare_service",
@@ -159,23 +160,40 @@ class Workers:
         self.processes.append(process)
         return process
 
-    async def polling(self, process: subprocess.Popen, queue: str, seconds: float = 30) -> str:
-        """Wait until ``process`` polls ``queue`` for activities; return its identity."""
+    async def polling(self, process: subprocess.Popen, queue: str, seconds: float = 60) -> str:
+        """Wait until ``process`` polls ``queue`` for activities; return its identity.
+
+        Its log says when it started polling; the server's list of pollers then
+        confirms it, when the server answers (a busy dev server cancels that query
+        now and then, so the log line alone is enough after a while)."""
+        identity = f"{process.pid}@{socket.gethostname()}"
+        announced = f"worker polling task queue {queue}"
         deadline = time.monotonic() + seconds
+        seen_at = None
         while time.monotonic() < deadline:
             if process.poll() is not None:
                 raise AssertionError(
                     f"worker exited with {process.returncode}: {self.output(process)}"
                 )
-            for identity in await activity_pollers(self.client, queue):
-                if identity.startswith(f"{process.pid}@"):
+            if seen_at is None and announced in self.full_log(process):
+                seen_at = time.monotonic()
+            if seen_at is not None:
+                if identity in await activity_pollers(self.client, queue):
+                    return identity
+                if time.monotonic() - seen_at > 10:
                     return identity
             await asyncio.sleep(0.3)
-        raise AssertionError(f"worker {process.pid} never polled {queue}")
+        raise AssertionError(
+            f"worker {process.pid} never polled {queue}: {self.output(process)}"
+        )
+
+    def full_log(self, process: subprocess.Popen) -> str:
+        index = self.processes.index(process)
+        path = self.logs / f"worker-{index}.log"
+        return path.read_text(errors="replace") if path.exists() else ""
 
     def output(self, process: subprocess.Popen) -> str:
-        index = self.processes.index(process)
-        return (self.logs / f"worker-{index}.log").read_text(errors="replace")[-3000:]
+        return self.full_log(process)[-3000:]
 
     def kill(self, process: subprocess.Popen) -> None:
         os.killpg(process.pid, signal.SIGKILL)
@@ -432,6 +450,7 @@ async def test_a_zone_nobody_polls_fails_its_subtask_then_retry_runs_there(
     await decide(client, stack.store, task_id, "retry", actor="operator-1")
     result = await asyncio.wait_for(handle.result(), 120)
     assert result["status"] == "SUCCESSFUL", result.get("message")
+    await save_history(handle, "zone_not_polled_then_retry")
 
     runs = await activity_runs(handle)
     service_2 = [run for run in runs if run["service_id"] == 2]
@@ -465,6 +484,7 @@ async def test_a_step_no_worker_took_needs_no_undo_in_a_rollback(client, stack, 
     await decide(client, stack.store, task_id, "rollback", actor="operator-1")
     result = await asyncio.wait_for(handle.result(), 120)
     assert result["status"] == "SUCCESSFUL", result.get("message")
+    await save_history(handle, "zone_not_polled_then_rollback")
     assert result["message"].startswith("rolled back")
     runs = await activity_runs(handle)
     assert [r["name"] for r in runs if r["service_id"] == 2] == []
