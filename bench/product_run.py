@@ -208,4 +208,8 @@ def main(argv: list[str]) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    from starter.cli import exit_now
+
+    # Past this point nothing is left to clean up; leaving without interpreter
+    # finalization avoids the Temporal client's native threads aborting it.
+    exit_now(main(sys.argv[1:]))
