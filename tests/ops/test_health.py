@@ -4,6 +4,8 @@ Temporal port nothing listens on), and never a secret."""
 
 from __future__ import annotations
 
+import asyncio
+
 import concurrent.futures
 import uuid
 
@@ -121,7 +123,13 @@ async def test_worker_health_and_readiness(client, store, ssh, tmp_path):
     try:
         async with worker:
             async with health_server("127.0.0.1:0", worker, client, store) as (h, p):
-                health = await get(f"http://{h}:{p}/healthz")
+                # The worker's pollers start in a task of their own, a moment
+                # after `async with worker` is entered.
+                for _ in range(50):
+                    health = await get(f"http://{h}:{p}/healthz")
+                    if health.status_code == 200:
+                        break
+                    await asyncio.sleep(0.2)
                 assert health.status_code == 200
                 assert health.json() == {
                     "status": "ok",
